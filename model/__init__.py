@@ -1,0 +1,1 @@
+"""Order, catalog, prompt, suggestion, and the classifier that scores the catalog."""

@@ -1,0 +1,55 @@
+"""The error tree of radproto.
+
+    RadprotoError
+    ├── CatalogError          a catalog file is invalid (names file, line and field)
+    ├── ConfigError           a configuration file or setting is invalid (names the setting)
+    ├── OrderFileError        an order file cannot be read (names file, line and field)
+    ├── MappingError          an HL7 v2 message or FHIR resource cannot become an order
+    └── ModelError            a model cannot be loaded, trained or scored
+"""
+
+from __future__ import annotations
+
+
+class RadprotoError(Exception):
+    """Base of every error radproto raises on purpose."""
+
+
+class _LocatedError(RadprotoError):
+    """An error in a file, located by path, line and field so an operator can fix it."""
+
+    def __init__(self, message: str, *, path: str = "", line: int | None = None, field: str = ""):
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        self.reason = message
+        where = self.path or "<input>"
+        if line is not None:
+            where += f", line {line}"
+        if field:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {message}")
+
+
+class CatalogError(_LocatedError):
+    """A protocol catalog file is invalid."""
+
+
+class ConfigError(_LocatedError):
+    """A configuration file or setting is invalid."""
+
+
+class OrderFileError(_LocatedError):
+    """An order file (JSONL, CSV or Parquet) cannot be read."""
+
+
+class MappingError(RadprotoError):
+    """An interface message cannot be mapped to an order."""
+
+    def __init__(self, message: str, *, location: str = ""):
+        self.location = location
+        super().__init__(f"{location}: {message}" if location else message)
+
+
+class ModelError(RadprotoError):
+    """A model cannot be loaded, trained or scored."""

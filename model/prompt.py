@@ -1,0 +1,35 @@
+"""The prompt template: the single source for training and inference.
+
+Training appends `render_target(protocol)` plus the tokenizer's end-of-sequence token to
+`render_prompt(fields)`; scoring computes the probability of exactly that continuation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+PROMPT_VERSION = "p1"
+
+_TEMPLATE = (
+    "You are a radiologist assigning the imaging protocol for an order.\n"
+    "Ordered exam: {ordered_exam}\n"
+    "History: {history}\n"
+    "Diagnosis: {diagnosis}\n"
+    "Notes: {notes}\n"
+    "Protocol:"
+)
+_MAX_FIELD_CHARS = 1500  # a runaway note must not push the protocol out of the context
+
+
+def render_prompt(fields: Mapping[str, str]) -> str:
+    """The prompt for an order's four order-file fields (missing ones render as "none")."""
+    values = {}
+    for key in ("ordered_exam", "history", "diagnosis", "notes"):
+        text = " ".join(str(fields.get(key) or "").split())
+        values[key] = text[:_MAX_FIELD_CHARS] or "none"
+    return _TEMPLATE.format(**values)
+
+
+def render_target(protocol: str) -> str:
+    """The text the model produces after the prompt for a protocol (the EOS token follows)."""
+    return " " + protocol

@@ -1,0 +1,3 @@
+from radproto.cli import main
+
+raise SystemExit(main())

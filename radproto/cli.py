@@ -1,0 +1,176 @@
+"""The `radproto` command line: one place that defines every flag.
+
+Every flag also reads the environment variable `RADPROTO_<FLAG>` (dashes become
+underscores), so `--model` is `RADPROTO_MODEL`. A flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from radproto import __version__
+from radproto.model.errors import RadprotoError
+
+ENV_PREFIX = "RADPROTO_"
+log = logging.getLogger("radproto")
+
+
+class _EnvDefaultsParser(argparse.ArgumentParser):
+    """An ArgumentParser whose options fall back to RADPROTO_* environment variables."""
+
+    def add_argument(self, *args, **kwargs):  # type: ignore[override]
+        long = next((a for a in args if a.startswith("--")), None)
+        if long is not None and long not in ("--help", "--version"):
+            env = ENV_PREFIX + long[2:].replace("-", "_").upper()
+            if env in os.environ:
+                value = os.environ[env]
+                if kwargs.get("action") == "store_true":
+                    kwargs["default"] = value.strip().lower() in ("1", "true", "yes", "on")
+                else:
+                    kwargs["default"] = value
+                kwargs["required"] = False
+            kwargs["help"] = f"{kwargs.get('help', '')} [env {env}]".strip()
+        return super().add_argument(*args, **kwargs)
+
+
+def _command(subparsers, name: str, help_text: str, handler: Callable[[argparse.Namespace], int]):
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(handler=handler)
+    parser.add_argument("--catalog", type=Path, default=None,
+                        help="a site catalog file (CSV or YAML) extending the default")
+    parser.add_argument("--catalog-mode", choices=["extend", "replace"], default=None,
+                        help="whether the site catalog extends or replaces the default")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _EnvDefaultsParser(
+        prog="radproto",
+        description="Suggests the imaging protocol for a radiology order.",
+    )
+    parser.add_argument("--version", action="version", version=f"radproto {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_EnvDefaultsParser)
+
+    p = _command(sub, "corpus", "Write the synthetic training corpus.", _corpus)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=13, help="random seed (same seed, same corpus)")
+    p.add_argument("--size", type=int, default=24000, help="number of examples before dedup")
+
+    p = _command(sub, "import", "Import a site's historical orders with their protocols.",
+                 _import)
+    p.add_argument("--input", type=Path, required=True, help="the site's file")
+    p.add_argument("--format", choices=["csv", "jsonl", "hl7", "fhir"], required=True,
+                   help="format of the input file")
+    p.add_argument("--out", type=Path, required=True, help="order file to write (JSONL)")
+
+    p = _command(sub, "train", "Fine-tune the classifier (QLoRA).", _train)
+    src = p.add_mutually_exclusive_group(required="RADPROTO_CONFIG" not in os.environ
+                                         and "RADPROTO_PRESET" not in os.environ)
+    src.add_argument("--config", type=Path, help="training config file (YAML)")
+    src.add_argument("--preset", help="a named preset, e.g. 'default-cpu'")
+    p.add_argument("--data", type=Path, action="append", default=None,
+                   help="a corpus directory or order file (repeatable); default: the config's")
+    p.add_argument("--out", type=Path, default=None, help="output directory for the model")
+    p.add_argument("--register", default=None, help="register the model under this name")
+    p.add_argument("--alias", default=None, help="set this alias on the registered version")
+    p.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, e.g. --set epochs=2 (repeatable)")
+
+    p = _command(sub, "eval", "Evaluate a model on a labelled order file.", _eval)
+    p.add_argument("--data", type=Path, required=True, help="labelled order file")
+    p.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N orders only")
+
+    p = _command(sub, "predict", "Suggest protocols for every order in a file.", _predict)
+    p.add_argument("--input", type=Path, required=True, help="order file")
+    p.add_argument("--output", type=Path, required=True, help="predictions file (JSONL)")
+    p.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
+    p.add_argument("--batch-size", type=int, default=16, help="orders per batch")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+
+    p = _command(sub, "serve", "Run the adapter service (MLLP + HTTP).", _serve)
+    p.add_argument("--config", type=Path, default=None, help="service config file (YAML)")
+    p.add_argument("--mllp-port", type=int, default=None, help="MLLP port (default 2575)")
+    p.add_argument("--http-port", type=int, default=None, help="HTTP port (default 8080)")
+    p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    p.add_argument("--store", default=None,
+                   help="store URL: sqlite:///path or postgresql://... (default sqlite)")
+    p.add_argument("--model", default=None,
+                   help="model directory or models:/NAME@ALIAS (default: the embedded model)")
+    p.add_argument("--api-keys", type=Path, default=None,
+                   help="API key file: one 'ROLE SHA256-HEX' line per key")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except RadprotoError as exc:
+        print(f"radproto {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _catalog(args: argparse.Namespace):
+    from radproto.model.catalog import load_catalog
+
+    return load_catalog(args.catalog, mode=args.catalog_mode)
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from radproto.training.corpus import write_corpus
+
+    report = write_corpus(args.out, catalog=_catalog(args), seed=args.seed, size=args.size)
+    print(report.summary())
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from radproto.training.importer import import_history
+
+    report = import_history(args.input, args.format, args.out, catalog=_catalog(args))
+    print(report.summary())
+    return 0 if report.written else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from radproto.training.finetune import train_from_cli
+
+    return train_from_cli(args, catalog=_catalog(args))
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from radproto.training.evaluate import evaluate_from_cli
+
+    return evaluate_from_cli(args, catalog=_catalog(args))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from radproto.training.predict import predict_from_cli
+
+    return predict_from_cli(args, catalog=_catalog(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from radproto.adapter.service import serve_from_cli
+
+    return serve_from_cli(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Corpus, import, fine-tuning, evaluation and batch prediction."""
