@@ -70,10 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="order file to write (JSONL)")
 
     p = _command(sub, "train", "Fine-tune the classifier (QLoRA).", _train)
-    src = p.add_mutually_exclusive_group(required="RADPROTO_CONFIG" not in os.environ
-                                         and "RADPROTO_PRESET" not in os.environ)
-    src.add_argument("--config", type=Path, help="training config file (YAML)")
-    src.add_argument("--preset", help="a named preset, e.g. 'default-cpu'")
+    p.add_argument("--config", type=Path, default=None, help="training config file (YAML)")
+    p.add_argument("--preset", default=None,
+                   help="a named preset, e.g. 'default-cpu' (exactly one of --config, --preset)")
     p.add_argument("--data", type=Path, action="append", default=None,
                    help="a corpus directory or order file (repeatable); default: the config's")
     p.add_argument("--out", type=Path, default=None, help="output directory for the model")
@@ -115,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train" and (args.config is None) == (args.preset is None):
+        parser.error("train needs exactly one of --config and --preset")
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(message)s")
     try:
@@ -133,37 +134,42 @@ def _catalog(args: argparse.Namespace):
 
 
 def _corpus(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
     from radproto.training.corpus import write_corpus
 
-    report = write_corpus(args.out, catalog=_catalog(args), seed=args.seed, size=args.size)
+    report = write_corpus(args.out, catalog=catalog, seed=args.seed, size=args.size)
     print(report.summary())
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
     from radproto.training.importer import import_history
 
-    report = import_history(args.input, args.format, args.out, catalog=_catalog(args))
+    report = import_history(args.input, args.format, args.out, catalog=catalog)
     print(report.summary())
     return 0 if report.written else 1
 
 
 def _train(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
     from radproto.training.finetune import train_from_cli
 
-    return train_from_cli(args, catalog=_catalog(args))
+    return train_from_cli(args, catalog=catalog)
 
 
 def _eval(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
     from radproto.training.evaluate import evaluate_from_cli
 
-    return evaluate_from_cli(args, catalog=_catalog(args))
+    return evaluate_from_cli(args, catalog=catalog)
 
 
 def _predict(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
     from radproto.training.predict import predict_from_cli
 
-    return predict_from_cli(args, catalog=_catalog(args))
+    return predict_from_cli(args, catalog=catalog)
 
 
 def _serve(args: argparse.Namespace) -> int:
