@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N orders only")
+    p.add_argument("--baseline-train", type=Path, default=None,
+                   help="training file for the TF-IDF baseline (default: train.* next to --data)")
 
     p = _command(sub, "predict", "Suggest protocols for every order in a file.", _predict)
     p.add_argument("--input", type=Path, required=True, help="order file")
@@ -108,6 +110,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model directory or models:/NAME@ALIAS (default: the embedded model)")
     p.add_argument("--api-keys", type=Path, default=None,
                    help="API key file: one 'ROLE SHA256-HEX' line per key")
+
+    p = _command(sub, "audit", "Query the audit trail: who read or changed what, and which "
+                 "model and catalog version decided.", _audit)
+    p.add_argument("--config", type=Path, default=None, help="service config file (YAML)")
+    p.add_argument("--store", default=None, help="store URL (default: the service's)")
+    p.add_argument("--since", default=None,
+                   help="events at or after this ISO date/time, or a duration like 7d or 12h")
+    p.add_argument("--actor", default=None, help="only this actor (user, client or api-key:...)")
+    p.add_argument("--entity", default=None, help="only this entity: Type/id, Type or id")
+    p.add_argument("--action", default=None, help="only this action (read, create, decide, ...)")
+    p.add_argument("--format", choices=["table", "json", "fhir"], default="table",
+                   help="table, JSON lines, or a FHIR Bundle of AuditEvent resources")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many events")
+
+    p = _command(sub, "purge", "Purge raw messages and order notes older than N days "
+                 "(suggestions, feedback and the audit trail are kept).", _purge)
+    p.add_argument("--config", type=Path, default=None, help="service config file (YAML)")
+    p.add_argument("--store", default=None, help="store URL (default: the service's)")
+    p.add_argument("--older-than-days", type=float, required=True,
+                   help="purge what was received more than this many days ago")
+
+    p = _command(sub, "export-feedback", "Write the radiologists' feedback as training data "
+                 "(the order file format), so the model learns the site's practice.",
+                 _export_feedback)
+    p.add_argument("--out", type=Path, required=True,
+                   help="order file to write (.jsonl, .csv or .parquet)")
+    p.add_argument("--config", type=Path, default=None, help="service config file (YAML)")
+    p.add_argument("--store", default=None, help="store URL (default: the service's)")
+    p.add_argument("--since", default=None, help="only feedback at or after this ISO date")
     return parser
 
 
@@ -177,6 +208,44 @@ def _serve(args: argparse.Namespace) -> int:
 
     return serve_from_cli(args)
 
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from radproto.adapter.audit import audit_from_cli
+
+    return audit_from_cli(args)
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from radproto.adapter.retention import purge_from_cli
+
+    return purge_from_cli(args)
+
+
+
+def _export_feedback(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from radproto.adapter.settings import load_settings
+    from radproto.adapter.store import open_store
+    from radproto.model.errors import ConfigError
+    from radproto.training.feedback_export import export_feedback
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError as exc:
+            raise ConfigError("not an ISO date or date-time", field="--since") from exc
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    settings = load_settings(args.config, {"store": args.store})
+    store = open_store(settings.store)
+    try:
+        report = export_feedback(store, args.out, catalog=_catalog(args), since=since)
+    finally:
+        store.close()
+    print(report.summary())
+    return 0
 
 if __name__ == "__main__":
     raise SystemExit(main())

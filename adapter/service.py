@@ -1,0 +1,307 @@
+"""`radproto serve`: the MLLP listener, the HTTP API, the worker and the outbox relay in one
+process, on embedded defaults (MLLP 127.0.0.1:2575, HTTP 127.0.0.1:8080, SQLite store under
+./radproto-data, the default model trained on first run and reused after).
+
+Start order: store -> MLLP + HTTP (they acknowledge and queue at once) -> model (may train:
+minutes) -> worker -> outbox relay. Shutdown (SIGTERM / SIGINT): stop accepting, let in-flight
+messages get their ACK, finish the worker's batch, stop the relay, close the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from radproto.adapter.auth import MllpGuard
+from radproto.adapter.hl7_listener import MessageHandler, MllpListener
+from radproto.adapter.http_app import ServiceContext, create_app
+from radproto.adapter.observability import QUEUE_DEPTH, gauge_from
+from radproto.adapter.pipeline import Classifier, MllpWriteback, Pipeline, log_event
+from radproto.adapter.settings import ServiceSettings, settings_from_cli
+from radproto.adapter.store import Store, open_store
+from radproto.adapter.worker import Worker
+from radproto.model.errors import ConfigError
+
+log = logging.getLogger("radproto.service")
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json", hash_key: str = "") -> None:
+    """The PHI-safe JSON-lines logging of adapter.observability (identifiers hashed)."""
+    from radproto.adapter.observability import configure_logging as configure
+
+    configure(level, fmt=fmt, hash_key=hash_key or None)
+
+
+def serve_from_cli(args: argparse.Namespace) -> int:
+    settings = settings_from_cli(args)
+    configure_logging(getattr(args, "log_level", "INFO"), settings.security.log_format,
+                      settings.security.log_hash_key)
+    return asyncio.run(run_service(settings))
+
+
+def _check_security(settings: ServiceSettings) -> None:
+    from radproto.adapter.security_settings import validate_security
+
+    try:
+        validate_security(settings.security)
+    except ConfigError as exc:
+        s = settings.security
+        if not s.jwt_issuers and s.api_keys_file is None and not s.allow_anonymous:
+            # The embedded defaults must start: MLLP needs no HTTP credentials, and the HTTP
+            # routes of the security part refuse every request until credentials are set.
+            log_event(log, "no_http_authentication", logging.WARNING,
+                      hint="set --api-keys or security.jwt_issuers for the HTTP API")
+            return
+        raise exc
+
+
+def load_default_classifier(settings: ServiceSettings, catalog: Any) -> tuple[Classifier, str]:
+    """The configured model, or the default one (trained first if the registry has none)."""
+    from radproto.model.classifier import load_classifier
+
+    uri = settings.model
+    if not uri:
+        from radproto.training.finetune import ensure_default_model
+
+        print("radproto: preparing the default model (trained on first run; this can take "
+              "a while, progress follows)", file=sys.stderr, flush=True)
+        uri = ensure_default_model(tracking_uri=settings.tracking_uri, catalog=catalog,
+                                   work_dir=settings.data_dir / "default-model")
+    return load_classifier(uri, catalog=catalog), str(uri)
+
+
+class Service:
+    """The running service; `await start()` then `await stop()` (or `run_service`)."""
+
+    def __init__(self, settings: ServiceSettings, *, classifier: Classifier | None = None,
+                 store: Store | None = None) -> None:
+        self.settings = settings
+        self._given_classifier = classifier
+        self._given_store = store
+        self.context: ServiceContext | None = None
+        self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="store")
+        self._uvicorn: Any = None
+        self.app: Any = None
+        self._tasks: list[asyncio.Task] = []
+        self._model_thread: threading.Thread | None = None
+        self.http_port: int | None = None
+
+    async def start(self) -> ServiceContext:
+        from radproto.model.catalog import load_catalog
+
+        s = self.settings
+        _check_security(s)
+        store = self._given_store or await asyncio.to_thread(open_store, s.store)
+        catalog = (self._given_classifier.catalog if self._given_classifier is not None
+                   else load_catalog(s.catalog, mode=s.catalog_mode))
+        ctx = ServiceContext(settings=s, store=store, catalog=catalog)
+        self.context = ctx
+        guard = MllpGuard.from_settings(s.security)  # TLS (mutual if a client CA) + allow-list
+        handler = MessageHandler(store, default_charset=s.mllp_default_charset,
+                                 on_accepted=ctx.wake_worker, executor=self.executor)
+        listener = MllpListener(
+            handler, host=s.host, port=s.mllp_port, ssl_context=guard.ssl,
+            max_message_bytes=s.mllp_max_message_bytes, idle_timeout_s=s.mllp_idle_timeout_s,
+            shutdown_grace_s=s.shutdown_grace_s, peer_filter=guard.allowed)
+        try:
+            ctx.listener = await listener.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {s.host}:{s.mllp_port}: {exc.strerror or exc}",
+                              field="mllp_port") from exc
+        gauge_from(QUEUE_DEPTH, lambda: store.message_counts().get("pending", 0))
+        if s.http_enabled:
+            await self._start_http(ctx)
+        if s.writeback_host:
+            from radproto.adapter.outbox import OutboxRelay
+
+            ctx.relay = OutboxRelay(store, backoff_initial_s=s.writeback_backoff_initial_s,
+                                    backoff_max_s=s.writeback_backoff_max_s,
+                                    client_factory=self._writeback_client).start()
+        if s.security.retention_days > 0:
+            from radproto.adapter.retention import run_periodic
+
+            self._tasks.append(asyncio.create_task(run_periodic(
+                store, s.security.retention_days, s.security.retention_interval_seconds),
+                name="retention"))
+        if self._given_classifier is not None:
+            self._model_ready(ctx, self._given_classifier, "given")
+        else:
+            loop = asyncio.get_running_loop()
+            self._model_thread = threading.Thread(target=self._load_model, args=(ctx, loop),
+                                                  daemon=True, name="model-loader")
+            self._model_thread.start()
+        log_event(log, "service_started", mllp=f"{s.host}:{ctx.listener.port}",
+                  http=f"{s.host}:{self.http_port}" if s.http_enabled else None,
+                  store=s.store.split("?")[0].split("@")[-1])
+        return ctx
+
+    def _writeback_client(self, destination: str):
+        import ssl
+
+        from radproto.adapter.mllp_client import MllpClient
+
+        s = self.settings
+        host, _, port = destination.rpartition(":")
+        context = None
+        if s.writeback_tls:
+            context = ssl.create_default_context(
+                cafile=str(s.writeback_tls_ca) if s.writeback_tls_ca else None)
+        return MllpClient(host, int(port), ack_timeout_s=s.writeback_ack_timeout_s,
+                          ssl_context=context)
+
+    def _load_model(self, ctx: ServiceContext, loop: asyncio.AbstractEventLoop) -> None:
+        started = time.perf_counter()
+        try:
+            classifier, uri = load_default_classifier(self.settings, ctx.catalog)
+        except Exception as exc:
+            ctx.model_status, ctx.model_error = "failed", f"{type(exc).__name__}: {exc}"[:500]
+            log_event(log, "model_failed", logging.ERROR, error=ctx.model_error)
+            return
+        ctx.model_uri = uri
+        log_event(log, "model_loaded", uri=uri, s=round(time.perf_counter() - started, 1))
+        loop.call_soon_threadsafe(self._model_ready, ctx, classifier, uri)
+
+    def _model_ready(self, ctx: ServiceContext, classifier: Classifier, uri: str) -> None:
+        s = self.settings
+        ctx.classifier = classifier
+        ctx.catalog = classifier.catalog
+        ctx.model_status = "ready"
+        builders: list[Any] = []
+        if importlib.util.find_spec("radproto.adapter.fhir_routes") is not None:
+            from radproto.adapter.fhir_routes import fhir_writeback_builders
+
+            builders += fhir_writeback_builders(ctx)  # Task write-back of FHIR orders
+        if s.writeback_host:
+            builders.append(MllpWriteback(
+                s.writeback_destination, style=s.writeback_style,
+                sending_application=s.writeback_sending_application,
+                sending_facility=s.writeback_sending_facility,
+                receiving_application=s.writeback_receiving_application,
+                receiving_facility=s.writeback_receiving_facility))
+        relay = ctx.relay
+        loop = asyncio.get_running_loop()
+        pipeline = Pipeline(ctx.store, classifier, outbox_builders=builders,
+                            batch_size=s.worker_batch_size,
+                            log_hash_key=s.security.log_hash_key,
+                            on_outbox=(lambda: loop.call_soon_threadsafe(relay.wake))
+                            if relay is not None else None,
+                            app_ack_destination=s.writeback_destination)
+        ctx.worker = Worker(ctx.store, pipeline, batch_size=s.worker_batch_size,
+                            lease_s=s.worker_lease_s, poll_s=s.worker_poll_s).start()
+
+    async def _start_http(self, ctx: ServiceContext) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            # The service owns SIGTERM/SIGINT and shuts uvicorn down itself.
+            def capture_signals(self):  # type: ignore[override]
+                return contextlib.nullcontext()
+
+        app = self.app = create_app(ctx)
+        host, port = self.settings.host, self.settings.http_port
+        try:  # bound here so that a busy port is a clear error, not uvicorn's sys.exit
+            sock = socket.create_server((host, port), reuse_port=False)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                              field="http_port") from exc
+        config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                                lifespan="off")
+        self._uvicorn = _Server(config)
+        task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="http")
+        self._tasks.append(task)
+        while not self._uvicorn.started:
+            if task.done():
+                task.result()  # raises the bind error
+                raise ConfigError(f"HTTP server did not start on port {self.settings.http_port}",
+                                  field="http_port")
+            await asyncio.sleep(0.02)
+        sockets = [sock for server in self._uvicorn.servers for sock in server.sockets]
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+
+    async def stop(self) -> None:
+        ctx = self.context
+        if ctx is None:
+            return
+        if self.app is not None and importlib.util.find_spec("radproto.adapter.auth"):
+            from radproto.adapter.auth import begin_shutdown
+
+            begin_shutdown(self.app)  # /readyz answers 503 while we drain
+        if ctx.listener is not None:
+            await ctx.listener.stop()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if ctx.worker is not None:
+            await asyncio.to_thread(ctx.worker.stop)
+        if ctx.relay is not None:
+            await ctx.relay.stop()
+        await _stop_extensions(ctx)
+        for task in self._tasks:
+            if task.get_name() != "http":
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait(self._tasks, timeout=5)
+        if self._given_store is None:
+            ctx.store.close()
+        self.executor.shutdown(wait=False)
+        log_event(log, "service_stopped")
+
+
+async def _stop_extensions(ctx: ServiceContext) -> None:
+    """Stop what extensions started (e.g. the FHIR outbox relay: extra["fhir_relay"] with
+    its task in extra["fhir_relay_task"])."""
+    for key, value in list(ctx.extra.items()):
+        if key.endswith("_relay") and hasattr(value, "stop"):
+            with contextlib.suppress(Exception):
+                result = value.stop()
+                if asyncio.iscoroutine(result):
+                    await asyncio.wait_for(result, 10)
+    for key, value in list(ctx.extra.items()):
+        if key.endswith("_task") and isinstance(value, asyncio.Task) and not value.done():
+            try:
+                await asyncio.wait_for(value, 5)
+            except (Exception, asyncio.CancelledError):
+                value.cancel()
+
+
+async def run_service(settings: ServiceSettings, *, classifier: Classifier | None = None,
+                      stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM / SIGINT (or `stop` is set); returns the exit status."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    service = Service(settings, classifier=classifier)
+    try:
+        await service.start()
+        ready = {"mllp_port": service.context.listener.port, "http_port": service.http_port}
+        print(f"radproto serving: MLLP {settings.host}:{ready['mllp_port']}  HTTP "
+              f"{settings.host}:{ready['http_port']}  store {_safe_url(settings.store)}",
+              file=sys.stderr, flush=True)
+        await stop.wait()
+    finally:
+        await service.stop()
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """A store URL without credentials, for logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return url
+
+
+def default_data_dir() -> Path:
+    return ServiceSettings.model_fields["data_dir"].default

@@ -1,0 +1,168 @@
+"""Shared fixtures: stores on SQLite and on the real PostgreSQL, test classifiers, HL7 samples."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from radproto.model.catalog import Catalog, default_catalog
+from radproto.model.order import Order
+from radproto.model.prompt import PROMPT_VERSION
+from radproto.model.suggestion import ProtocolScore, Suggestion
+
+REPO = Path(__file__).resolve().parents[1]
+HL7_FIXTURES = REPO / ".." / "shared" / "fixtures" / "third_party" / "hl7"
+PG_BASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+# ---------------------------------------------------------------------------- stores
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_BASE_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_BASE_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'radproto.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'radproto.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(store_url: str):
+    from radproto.adapter.store import open_store
+
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+# ---------------------------------------------------------------------------- classifiers
+
+
+class KeywordClassifier:
+    """A deterministic test double of the model (NOT of the database): it implements the
+    pipeline's Classifier protocol by matching catalog words against the ordered exam, so
+    adapter tests that push thousands of messages do not pay for a language model."""
+
+    model_version = "keyword-test-1"
+
+    def __init__(self, catalog: Catalog | None = None, *, delay_s: float = 0.0) -> None:
+        self.catalog = catalog or default_catalog()
+        self.delay_s = delay_s
+        self.calls = 0
+
+    def score_orders(self, orders: Sequence[Order | dict], *,
+                     batch_size: int = 16) -> list[Suggestion]:
+        import time
+
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self.calls += 1
+        return [self._one(o) for o in orders]
+
+    def _one(self, order: Order | dict) -> Suggestion:
+        fields = order.prompt_fields() if isinstance(order, Order) else dict(order)
+        words = set(re.findall(r"[a-z]+", " ".join(fields.values()).lower()))
+        raw = []
+        for protocol in self.catalog.protocols:
+            name_words = set(re.findall(r"[a-z]+", protocol.name.lower()))
+            raw.append(1.0 + 4.0 * len(words & name_words))
+        total = sum(raw)
+        scores = sorted((ProtocolScore(protocol=p.name, probability=r / total)
+                         for p, r in zip(self.catalog.protocols, raw, strict=True)),
+                        key=lambda s: -s.probability)
+        return Suggestion(scores=tuple(scores), protocol=scores[0].protocol,
+                          confidence=scores[0].probability, model_version=self.model_version,
+                          catalog_version=self.catalog.version, prompt_version=PROMPT_VERSION,
+                          raw_message_id=order.raw_message_id if isinstance(order, Order) else "")
+
+
+@pytest.fixture
+def keyword_classifier() -> KeywordClassifier:
+    return KeywordClassifier()
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier():
+    """A real ProtocolClassifier on a tiny random Llama (untrained: scores are meaningless,
+    the plumbing is real). Skips if the classifier helper's code is not in place yet."""
+    try:
+        import torch
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+        from radproto.model.classifier import ModelConfig, ProtocolClassifier
+    except ImportError as exc:  # pragma: no cover - depends on the parallel work
+        pytest.skip(f"classifier not available: {exc}")
+    # A byte-level tokenizer with no merges (one token per byte: built in milliseconds, and
+    # prompt + target tokenise the same joined or apart) and a random 1-layer Llama.
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(["<unk>", "<eos>", "<pad>", *sorted(alphabet)])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                        eos_token="<eos>", pad_token="<pad>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config).eval()
+    return ProtocolClassifier(model, tokenizer, default_catalog(),
+                              config=ModelConfig(quantization="none", max_length=768),
+                              model_version="tiny-random")
+
+
+# ---------------------------------------------------------------------------- HL7 samples
+
+
+def load_hl7_fixture(path: Path) -> bytes:
+    """A third-party sample as it would be on the wire: segments CR-separated, and file 06's
+    Markdown-escaped MSH-2 ("^\\~\\&") un-escaped (see SOURCE.txt)."""
+    data = path.read_bytes()
+    data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    if data.startswith(b"MSH|^\\~\\&"):
+        data = b"MSH|^~\\&" + data[len(b"MSH|^\\~\\&"):]
+    return b"\r".join(seg for seg in data.split(b"\r") if seg.strip()) + b"\r"
+
+
+def hl7_fixture_files() -> list[Path]:
+    return sorted(HL7_FIXTURES.glob("*.hl7"))
+
+
+def orm_message(control_id: str, *, placer: str = "P1", action: str = "NW",
+                exam: str = "CT HEAD WITHOUT CONTRAST", reason: str = "headache",
+                version: str = "2.3.1", sender: str = "RIS", facility: str = "HOSP",
+                accept_ack: str = "", app_ack: str = "") -> bytes:
+    """A small synthetic ORM^O01 (no real patient: the name and MRN are invented)."""
+    segments = [
+        f"MSH|^~\\&|{sender}|{facility}|RADPROTO|RAD|20260101120000||ORM^O01|{control_id}|P|"
+        f"{version}|||{accept_ack}|{app_ack}",
+        "PID|1||MRN0001^^^HOSP^MR||TEST^PATIENT||19800101|F",
+        f"ORC|{action}|{placer}^RIS||||||||||",
+        "|".join(["OBR", "1", f"{placer}^RIS", "", f"X1^{exam}^L", *[""] * 26, reason]),
+    ]
+    return ("\r".join(segments) + "\r").encode()
