@@ -38,4 +38,4 @@ test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run

@@ -41,7 +41,7 @@ class ServiceSettings(BaseSettings):
     store: str = ""
     #: Model directory, models:/NAME@ALIAS, runs:/... ; empty: the default model (trained once).
     model: str = ""
-    tracking_uri: str = ""  # MLflow; default: sqlite under data_dir
+    tracking_uri: str = ""  # MLflow; default: sqlite:///mlflow.db, as radproto train
     catalog: Path | None = None
     catalog_mode: Literal["extend", "replace"] | None = None
 
@@ -78,7 +78,8 @@ class ServiceSettings(BaseSettings):
         if not self.store:
             self.store = f"sqlite:///{self.data_dir / 'radproto.db'}"
         if not self.tracking_uri:
-            self.tracking_uri = f"sqlite:///{self.data_dir / 'mlflow.db'}"
+            # The same registry `radproto train` writes to, so a model it registers is served.
+            self.tracking_uri = "sqlite:///mlflow.db"
         if not self.store.startswith(("sqlite:///", "postgresql:", "postgres:",
                                       "postgresql+psycopg:")):
             raise ValueError("store must be sqlite:///PATH or postgresql://...")

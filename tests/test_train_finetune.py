@@ -1,0 +1,181 @@
+"""radproto train on a tiny random Llama: calibration, resume, early stopping, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_train_support import small_catalog, tiny_config, write_small_corpus, write_tiny_base
+
+from radproto.model.errors import ConfigError
+from radproto.training import finetune
+from radproto.training.config import apply_overrides, load_config, load_preset
+from radproto.training.finetune import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FILE,
+    TrainingInterrupted,
+    epoch_batches,
+    learning_rate,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("train")
+    catalog = small_catalog()
+    return {"catalog": catalog, "base": write_tiny_base(root / "base"),
+            "corpus": write_small_corpus(root / "corpus", catalog)}
+
+
+def _state(out: Path) -> dict:
+    return torch.load(out / CHECKPOINT_DIR / CHECKPOINT_FILE, weights_only=False)
+
+
+def test_calibration_is_fitted_and_stored(assets: dict, tmp_path: Path) -> None:
+    from radproto.model.classifier import ProtocolClassifier, fit_temperature
+    from radproto.training.finetune import load_training_data, subsample
+    from radproto.training.orderfile import read_orders
+
+    config = tiny_config(assets["base"], assets["corpus"], tmp_path / "model", max_steps=4)
+    result = train(config, assets["catalog"], progress=False)
+    record = json.loads((tmp_path / "model" / "radproto_model.json").read_text())
+    assert record["temperature"] == pytest.approx(result.temperature)
+    assert record["temperature"] != 1.0
+    assert record["metadata"]["train"]["calibration"]["fitted_on"] == "12 validation orders"
+    assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "model" / "validation_report" / "metrics.json").is_file()
+
+    # The stored temperature is the NLL optimum on the same validation subset, re-scored
+    # with the saved model.
+    _, valid = load_training_data(config, assets["catalog"])
+    rows = subsample(valid, config.val_size, config.seed)
+    assert len(read_orders(assets["corpus"] / "validation.jsonl")) > len(rows)
+    loaded = ProtocolClassifier.load(tmp_path / "model")
+    assert loaded.temperature == pytest.approx(result.temperature)
+    log_probs = loaded.catalog_log_probs(rows)
+    labels = np.array([assets["catalog"].names.index(r["label"]) for r in rows])
+    assert fit_temperature(log_probs, labels) == pytest.approx(record["temperature"], rel=1e-4)
+
+
+def test_resume_ends_in_the_same_state_as_an_uninterrupted_run(assets: dict,
+                                                               tmp_path: Path) -> None:
+    # Dropout on, so the RNG state is part of what must be restored.
+    common = dict(max_steps=7, eval_interval=2, lora_dropout=0.2, calibrate=False)
+    full = tiny_config(assets["base"], assets["corpus"], tmp_path / "full", **common)
+    train(full, assets["catalog"], progress=False)
+
+    split = tiny_config(assets["base"], assets["corpus"], tmp_path / "split", **common)
+
+    def interrupt(step: int, trainer: finetune.Trainer) -> None:
+        if step == 3:  # between two checkpoints: the stop itself must checkpoint
+            trainer.request_stop()
+
+    with pytest.raises(TrainingInterrupted):
+        train(split, assets["catalog"], progress=False, on_step=interrupt)
+    assert _state(tmp_path / "split")["step"] == 3
+    result = train(split, assets["catalog"], resume=True, progress=False)
+    assert result.steps == 7
+
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "split")
+    assert (a["step"], a["epoch"], a["position"]) == (b["step"], b["epoch"], b["position"])
+    assert a["lora"].keys() == b["lora"].keys()
+    for name in a["lora"]:
+        assert torch.equal(a["lora"][name], b["lora"][name]), name
+    for name in a["best_lora"]:
+        assert torch.equal(a["best_lora"][name], b["best_lora"][name]), name
+    assert a["best_val"] == b["best_val"]
+    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key]["exp_avg"], sb[key]["exp_avg"])
+        assert torch.equal(sa[key]["exp_avg_sq"], sb[key]["exp_avg_sq"])
+    assert a["config"] == {**b["config"], "out_dir": a["config"]["out_dir"]}
+
+
+def test_early_stopping_stops_and_keeps_the_best_weights(assets: dict, tmp_path: Path) -> None:
+    # A min_delta no step can beat: every evaluation after the first counts as "no gain".
+    config = tiny_config(assets["base"], assets["corpus"], tmp_path / "m", max_steps=50,
+                         eval_interval=2, patience=2, min_delta=100.0, calibrate=False)
+    result = train(config, assets["catalog"], progress=False)
+    assert result.stopped == "early_stopping"
+    assert result.steps == 4  # evaluations at 0 (best), 2 and 4 (no gain x2)
+    state = _state(tmp_path / "m")
+    assert state["best_step"] == 0 and state["bad_evals"] == 2
+    # The saved adapter holds the best (step-0) weights: LoRA B starts at zero.
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "m" / "adapter_model.safetensors")
+    b_weights = [v for k, v in saved.items() if "lora_B" in k]
+    assert b_weights and all(torch.count_nonzero(v) == 0 for v in b_weights)
+
+
+def test_improving_run_is_not_stopped_early(assets: dict, tmp_path: Path) -> None:
+    config = tiny_config(assets["base"], assets["corpus"], tmp_path / "m", max_steps=6,
+                         eval_interval=2, patience=1, min_delta=0.0, learning_rate=1e-2,
+                         calibrate=False)
+    result = train(config, assets["catalog"], progress=False)
+    assert result.stopped == "max_steps" and result.steps == 6
+    assert result.best_val_loss < _state(tmp_path / "m")["history"][0]["val_loss"]
+
+
+def test_lora_on_top_layers_only_freezes_the_rest(assets: dict, tmp_path: Path) -> None:
+    from radproto.model.classifier import load_base_model
+    from radproto.training.finetune import add_lora_layers, model_config_for
+
+    config = tiny_config(assets["base"], assets["corpus"], tmp_path / "m", lora_layers=1)
+    model, _ = load_base_model(model_config_for(config), "cpu")
+    model = add_lora_layers(model, config)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in n for n in trainable)
+
+
+def test_schedule_warms_up_then_decays() -> None:
+    config = load_preset("default-cpu").replace(warmup_steps=10, learning_rate=1e-3,
+                                                min_lr_ratio=0.1)
+    assert learning_rate(0.0, 0, config) < learning_rate(0.0, 9, config) < 1e-3
+    assert learning_rate(0.0, 10, config) == pytest.approx(1e-3)
+    assert learning_rate(1.0, 500, config) == pytest.approx(1e-4)
+    assert learning_rate(0.5, 250, config) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+
+
+def test_epoch_batches_cover_every_example_once_and_are_seeded() -> None:
+    lengths = [5, 9, 3, 7, 1, 8, 2, 6, 4, 10]
+    batches = epoch_batches(lengths, 3, seed=1, epoch=0, group_by_length=True)
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    assert batches == epoch_batches(lengths, 3, seed=1, epoch=0, group_by_length=True)
+    assert batches != epoch_batches(lengths, 3, seed=1, epoch=1, group_by_length=True)
+
+
+def test_config_file_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("lora_r: 8\nbatch_size: 16\nlearnig_rate: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert (err.value.path, err.value.line, err.value.field) == (str(path), 3, "learnig_rate")
+    path.write_text("lora_r: 8\n\nbatch_size: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert (err.value.line, err.value.field) == (3, "batch_size")
+    path.write_text("precision: fp8\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert (err.value.line, err.value.field) == (1, "precision")
+    path.write_text("epochs: 2\nlora_targets: [q_proj, v_proj]\n")
+    config = load_config(path)
+    assert config.epochs == 2.0 and config.lora_targets == ["q_proj", "v_proj"]
+
+
+def test_set_overrides_are_typed_and_checked() -> None:
+    config = apply_overrides(load_preset("default-cpu"),
+                             ["learning_rate=3e-4", "group_by_length=false", "lora_layers=4"])
+    assert (config.learning_rate, config.group_by_length, config.lora_layers) == \
+        (3e-4, False, 4)
+    with pytest.raises(ConfigError, match="unknown field"):
+        apply_overrides(config, ["no_such_field=1"])
+    with pytest.raises(ConfigError, match="batch_size"):
+        apply_overrides(config, ["batch_size=0"])

@@ -1,0 +1,76 @@
+"""Helpers for the training tests: a tiny random Llama base model and a small corpus slice.
+
+(Named test_train_* so it sits with the files it serves; it holds no tests itself.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from radproto.model.catalog import Catalog, default_catalog
+from radproto.training.config import TrainConfig
+
+N_PROTOCOLS = 5
+
+
+def small_catalog() -> Catalog:
+    """Five protocols of the default catalog: a quick trie and a learnable task."""
+    return Catalog(default_catalog().protocols[:N_PROTOCOLS], source="<test>")
+
+
+def write_tiny_base(directory: Path) -> Path:
+    """A random 2-layer Llama (hidden 64) with a byte-level tokenizer, saved as a directory
+    load_base_model reads like any local model."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    if (directory / "config.json").is_file():
+        return directory
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(["<unk>", "<eos>", "<pad>", *sorted(alphabet)])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                        eos_token="<eos>", pad_token="<pad>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_small_corpus(directory: Path, catalog: Catalog, *, n_train: int = 96,
+                       n_valid: int = 24, n_test: int = 24) -> Path:
+    """train/validation/test JSONL files with the small catalog's labels only."""
+    from radproto.training.corpus import generate_examples
+    from radproto.training.orderfile import write_orders
+
+    if (directory / "train.jsonl").is_file():
+        return directory
+    rows = [r for r in generate_examples(catalog, seed=5, size=3 * (n_train + n_valid + n_test))
+            if r["label"] in catalog]
+    total = n_train + n_valid + n_test
+    assert len(rows) >= total, len(rows)
+    write_orders(directory / "train.jsonl", rows[:n_train])
+    write_orders(directory / "validation.jsonl", rows[n_train:n_train + n_valid])
+    write_orders(directory / "test.jsonl", rows[n_train + n_valid:total])
+    return directory
+
+
+def tiny_config(base: Path, corpus: Path, out: Path, **changes) -> TrainConfig:
+    values = dict(
+        base_model=str(base), quantization="none", lora_r=4, lora_alpha=8, lora_dropout=0.0,
+        max_length=256, precision="fp32", data=[str(corpus)], val_size=12,
+        learning_rate=5e-3, warmup_steps=1, max_steps=6, epochs=0.0, batch_size=8,
+        eval_interval=2, patience=0, log_interval=1, threads=1, baseline=False,
+        out_dir=str(out), tracking_uri="", cache_dir=str(out.parent / "cache"), seed=7,
+    )
+    values.update(changes)
+    return TrainConfig(**values)
