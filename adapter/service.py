@@ -78,7 +78,7 @@ def load_default_classifier(settings: ServiceSettings, catalog: Any) -> tuple[Cl
               "a while, progress follows)", file=sys.stderr, flush=True)
         uri = ensure_default_model(tracking_uri=settings.tracking_uri, catalog=catalog,
                                    work_dir=settings.data_dir / "default-model")
-    return load_classifier(uri, catalog=catalog), str(uri)
+    return load_classifier(uri, catalog=catalog, tracking_uri=settings.tracking_uri), str(uri)
 
 
 class Service:

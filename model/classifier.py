@@ -310,9 +310,17 @@ def _download(uri: str, tracking_uri: str | None) -> tuple[Path, str]:
         raise ModelError("mlflow is needed to load a models:/ or runs:/ URI") from exc
     registry_version = ""
     try:
+        artifact_uri = uri
         if uri.startswith("models:/"):
             registry_version = _registry_version(uri[len("models:/"):], tracking_uri)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
+            # Resolve through this registry: MLflow's own models:/ lookup would ask the
+            # process-wide default registry, not the one named by tracking_uri.
+            from mlflow import MlflowClient
+
+            name, _, version = registry_version.rpartition("/")
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            artifact_uri = client.get_model_version_download_uri(name, version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri,
                                                          tracking_uri=tracking_uri))
     except MlflowException as exc:
         raise ModelError(f"cannot download '{uri}': {exc.message}") from exc

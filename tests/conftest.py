@@ -14,6 +14,16 @@ from radproto.model.order import Order
 from radproto.model.prompt import PROMPT_VERSION
 from radproto.model.suggestion import ProtocolScore, Suggestion
 
+#: ../shared beside the checkout (CI lays a copy there): the third-party fixtures live in it.
+SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests iterate over the fixture files; without them they would pass on nothing.
+    if not (SHARED_DIR / "fixtures" / "third_party" / "hl7").is_dir():
+        raise pytest.UsageError(f"{SHARED_DIR}/fixtures/third_party is missing: the tests read "
+                                "the shared fixtures from ../shared beside the checkout")
+
 REPO = Path(__file__).resolve().parents[1]
 HL7_FIXTURES = REPO / ".." / "shared" / "fixtures" / "third_party" / "hl7"
 PG_BASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
