@@ -117,30 +117,13 @@ def keyword_classifier() -> KeywordClassifier:
 @pytest.fixture(scope="session")
 def tiny_classifier():
     """A real ProtocolClassifier on a tiny random Llama (untrained: scores are meaningless,
-    the plumbing is real). Skips if the classifier helper's code is not in place yet."""
-    try:
-        import torch
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-        from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    the plumbing is real)."""
+    from test_train_support import tiny_llama
 
-        from radproto.model.classifier import ModelConfig, ProtocolClassifier
-    except ImportError as exc:  # pragma: no cover - depends on the parallel work
-        pytest.skip(f"classifier not available: {exc}")
-    # A byte-level tokenizer with no merges (one token per byte: built in milliseconds, and
-    # prompt + target tokenise the same joined or apart) and a random 1-layer Llama.
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {tok: i for i, tok in enumerate(["<unk>", "<eos>", "<pad>", *sorted(alphabet)])}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
-                                        eos_token="<eos>", pad_token="<pad>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config).eval()
+    from radproto.model.classifier import ModelConfig, ProtocolClassifier
+
+    model, tokenizer = tiny_llama(hidden=32, layers=1)
+    model.eval()
     return ProtocolClassifier(model, tokenizer, default_catalog(),
                               config=ModelConfig(quantization="none", max_length=768),
                               model_version="tiny-random")

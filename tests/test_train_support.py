@@ -18,15 +18,13 @@ def small_catalog() -> Catalog:
     return Catalog(default_catalog().protocols[:N_PROTOCOLS], source="<test>")
 
 
-def write_tiny_base(directory: Path) -> Path:
-    """A random 2-layer Llama (hidden 64) with a byte-level tokenizer, saved as a directory
-    load_base_model reads like any local model."""
+def tiny_llama(*, hidden: int = 64, layers: int = 2):
+    """A random Llama and a byte-level tokenizer with no merges: built in milliseconds, and
+    prompt + target tokenise the same joined or apart. Returns (model, tokenizer)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    if (directory / "config.json").is_file():
-        return directory
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {tok: i for i, tok in enumerate(["<unk>", "<eos>", "<pad>", *sorted(alphabet)])}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
@@ -35,11 +33,21 @@ def write_tiny_base(directory: Path) -> Path:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
                                         eos_token="<eos>", pad_token="<pad>")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden,
+                         intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=max(2, hidden // 16),
+                         num_key_value_heads=max(1, hidden // 32),
                          max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config)
+    return LlamaForCausalLM(config), tokenizer
+
+
+def write_tiny_base(directory: Path) -> Path:
+    """A random 2-layer Llama (hidden 64) with a byte-level tokenizer, saved as a directory
+    load_base_model reads like any local model."""
+    if (directory / "config.json").is_file():
+        return directory
+    model, tokenizer = tiny_llama(hidden=64, layers=2)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
