@@ -4,7 +4,7 @@ How a part plugs in (any of):
   * pass routers: `create_app(context, routers=[router])`;
   * register a provider before the app is built: `register_router_provider(fn)` where
     `fn(context) -> APIRouter`;
-  * be one of EXTENSION_MODULES: a module there that exists is imported and may define
+  * be one of EXTENSION_MODULES: each is imported and may define
     `build_router(context) -> APIRouter` (included) and/or `install(app, context) -> None`
     (middleware, exception handlers, extra state).
 Route handlers reach the service through the `get_context` dependency (or
@@ -14,7 +14,6 @@ Route handlers reach the service through the `get_context` dependency (or
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,10 +35,8 @@ if TYPE_CHECKING:
 
 #: Modules of other parts, included when present (order matters: security first).
 EXTENSION_MODULES: tuple[str, ...] = (
-    "radproto.adapter.security",
     "radproto.adapter.auth",
     "radproto.adapter.fhir_routes",
-    "radproto.adapter.cds_hooks",
 )
 RouterProvider = Callable[["ServiceContext"], APIRouter]
 _PROVIDERS: list[RouterProvider] = []
@@ -109,8 +106,8 @@ def create_app(context: ServiceContext, *, routers: Sequence[APIRouter] = (),
     for provider in _PROVIDERS:
         app.include_router(provider(context))
     for name in (EXTENSION_MODULES if extensions is None else extensions):
-        if importlib.util.find_spec(name) is None:
-            continue
+        # Imported unconditionally: a missing access-control module must stop the service,
+        # never leave the routes open.
         module = importlib.import_module(name)
         if hasattr(module, "install"):
             module.install(app, context)
