@@ -4,12 +4,10 @@ not, may make the real app (security middleware included) answer 500."""
 from __future__ import annotations
 
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
 
-schemathesis = pytest.importorskip("schemathesis")  # pinned in requirements-dev.txt
-
-from hypothesis import HealthCheck, settings  # noqa: E402
-
-from radproto.adapter.auth import hash_api_key  # noqa: E402
+from radproto.adapter.auth import hash_api_key
 
 ALL_ROLES_KEY = "fuzz-key-with-every-role"
 

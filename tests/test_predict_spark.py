@@ -17,7 +17,6 @@ pytestmark = pytest.mark.spark
 
 @pytest.fixture(scope="module")
 def spark():
-    pyspark = pytest.importorskip("pyspark")
     from pyspark.sql import SparkSession
 
     os.environ["PYSPARK_PYTHON"] = sys.executable  # workers use this venv
@@ -27,7 +26,6 @@ def spark():
                .config("spark.sql.shuffle.partitions", "1")
                .config("spark.driver.bindAddress", "127.0.0.1")
                .getOrCreate())
-    assert pyspark.__version__
     yield session
     session.stop()
 
