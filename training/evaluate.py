@@ -25,7 +25,6 @@ import numpy as np
 from radproto.model.catalog import Catalog
 from radproto.model.errors import OrderFileError
 from radproto.model.order import ORDER_FILE_FIELDS
-from radproto.training.finetune import passive_omp_threads
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +432,6 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
 
 
 def evaluate_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
-    passive_omp_threads()
     from radproto.training.tracking import DEFAULT_TRACKING_URI, log_evaluation
 
     tracking_uri = args.tracking_uri if args.tracking_uri is not None else DEFAULT_TRACKING_URI

@@ -803,13 +803,6 @@ def _restore_stop_handlers(previous: dict[int, Any]) -> None:
 
 
 # ============================================================================ entry points
-def passive_omp_threads() -> None:
-    """OMP_WAIT_POLICY=PASSIVE unless set: on a shared 2-core machine, OpenMP threads that
-    spin at barriers while their partner is descheduled made a training step 3-5x slower
-    (measured: 10-14 CPU-s per step instead of 3). Must run before torch is imported."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def train(config: TrainConfig, catalog: Catalog, *, resume: bool = False,
           progress: bool = True,
           on_step: Callable[[int, Trainer], None] | None = None) -> TrainResult:
@@ -868,7 +861,6 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def train_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
-    passive_omp_threads()
     config = resolve_config(args)
     try:
         result = train(config, catalog, resume=bool(args.resume))

@@ -19,7 +19,6 @@ from typing import Any
 from radproto.model.catalog import Catalog
 from radproto.model.errors import OrderFileError
 from radproto.model.order import ORDER_FILE_FIELDS
-from radproto.training.finetune import passive_omp_threads
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,6 @@ def predict_file(model: str, input_path: str | Path, output_path: str | Path, *,
 
 
 def predict_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
-    passive_omp_threads()
     from radproto.training.tracking import DEFAULT_TRACKING_URI
 
     tracking_uri = args.tracking_uri if args.tracking_uri is not None else DEFAULT_TRACKING_URI
