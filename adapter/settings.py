@@ -126,9 +126,7 @@ def load_settings(config_file: str | Path | None = None,
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path=path,
-                              line=mark.line + 1 if mark else None) from exc
+            raise ConfigError.from_yaml(exc, path=path) from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -194,12 +194,7 @@ def _parse_yaml(text: str, *, source: str) -> tuple[Catalog, CatalogMode | None]
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise CatalogError(
-            f"not valid YAML: {getattr(exc, 'problem', exc)}",
-            path=source,
-            line=mark.line + 1 if mark else None,
-        ) from exc
+        raise CatalogError.from_yaml(exc, path=source) from exc
     if not isinstance(root, yaml.MappingNode):
         raise CatalogError("the top level must be a mapping with 'protocols'", path=source, line=1)
     top = {key.value: value for key, value in root.value}

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class RadprotoError(Exception):
     """Base of every error radproto raises on purpose."""
@@ -29,6 +31,13 @@ class _LocatedError(RadprotoError):
         if field:
             where += f", field '{field}'"
         super().__init__(f"{where}: {message}")
+
+    @classmethod
+    def from_yaml(cls, exc: Exception, *, path: str) -> Self:
+        """The error for a YAML syntax error, at the line PyYAML marked."""
+        mark = getattr(exc, "problem_mark", None)
+        return cls(f"not valid YAML: {getattr(exc, 'problem', exc)}", path=path,
+                   line=mark.line + 1 if mark else None)
 
 
 class CatalogError(_LocatedError):

@@ -236,9 +236,7 @@ def _from_yaml(text: str, source: str) -> TrainConfig:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path=source,
-                          line=mark.line + 1 if mark else None) from None
+        raise ConfigError.from_yaml(exc, path=source) from None
     if data is None:
         return TrainConfig()
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
