@@ -134,6 +134,24 @@ def test_lora_on_top_layers_only_freezes_the_rest(assets: dict, tmp_path: Path) 
     assert trainable and all(".layers.1." in n for n in trainable)
 
 
+def test_auto_precision_uses_bf16_only_where_the_cpu_has_it() -> None:
+    from radproto.training.finetune import cpu_has_native_bf16, resolve_precision
+
+    flags = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    if cpuinfo.is_file():
+        assert cpu_has_native_bf16() == native
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("auto", "cuda:0") == "bf16"
+    assert resolve_precision("fp32", "cuda:0") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+
+
 def test_schedule_warms_up_then_decays() -> None:
     config = load_preset("default-cpu").replace(warmup_steps=10, learning_rate=1e-3,
                                                 min_lr_ratio=0.1)

@@ -46,7 +46,8 @@ class TrainConfig:
     lora_layers: int = _f(0, "LoRA on the top N decoder layers only (0 = all); the frozen "
                           "layers below need no backward pass")
     max_length: int = _f(256, "longest example in tokens (prompt cut to fit)")
-    precision: str = _f("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16")
+    precision: str = _f("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16, "
+                                "else fp32), fp32 or bf16")
     gradient_checkpointing: str = _f("auto", "auto (on for CUDA), on or off")
     cache_dir: str = _f("", "where the dequantized embedded model is cached "
                         "(default ~/.cache/radproto)")

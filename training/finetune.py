@@ -359,8 +359,7 @@ class Trainer:
             self.device = f"cuda:{self.dist.local_rank}"
             torch.cuda.set_device(self.device)
         on_cuda = self.device.startswith("cuda")
-        self.precision = config.precision if config.precision != "auto" else (
-            "bf16" if on_cuda else "fp32")
+        self.precision = resolve_precision(config.precision, self.device)
         self.grad_ckpt = config.gradient_checkpointing == "on" or (
             config.gradient_checkpointing == "auto" and on_cuda)
         self.optimizer_kind = config.optimizer if config.optimizer != "auto" else (
@@ -905,3 +904,23 @@ def ensure_default_model(*, tracking_uri: str, catalog: Catalog, work_dir: str |
     resume = (work_dir / "model" / CHECKPOINT_DIR / CHECKPOINT_FILE).is_file()
     result = train(config, catalog, resume=resume, progress=progress)
     return result.registered_uri or uri
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """ "fp32" or "bf16" for a config's precision ("auto" decides by the hardware)."""
+    if requested != "auto":
+        return requested
+    return "bf16" if device.startswith("cuda") or cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX).
+
+    Elsewhere (e.g. AVX2-only EPYC Milan) bf16 matrix products are emulated and measured
+    ~8x slower than fp32, so "auto" must not choose them there.
+    """
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
