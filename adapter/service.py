@@ -78,7 +78,9 @@ def load_default_classifier(settings: ServiceSettings, catalog: Any) -> tuple[Cl
               "a while, progress follows)", file=sys.stderr, flush=True)
         uri = ensure_default_model(tracking_uri=settings.tracking_uri, catalog=catalog,
                                    work_dir=settings.data_dir / "default-model")
-    return load_classifier(uri, catalog=catalog, tracking_uri=settings.tracking_uri), str(uri)
+    classifier = load_classifier(uri, catalog=catalog, tracking_uri=settings.tracking_uri)
+    classifier.scoring_tolerance = settings.scoring_tolerance
+    return classifier, str(uri)
 
 
 class Service:

@@ -53,6 +53,9 @@ class ServiceSettings(BaseSettings):
 
     # Worker (classification)
     worker_batch_size: int = Field(default=8, ge=1, le=256)
+    #: 0: the exact distribution over the catalog; > 0 (e.g. 1e-4): every probability within
+    #: that of the exact one and the top 3 exact, with fewer prefix-tree nodes run.
+    scoring_tolerance: float = Field(default=0.0, ge=0, lt=1)
     worker_lease_s: float = Field(default=120.0, gt=0)
     worker_poll_s: float = Field(default=1.0, gt=0)
 

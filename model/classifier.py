@@ -12,16 +12,18 @@ metadata), the tokenizer, and either a LoRA adapter (kind "adapter"), a full mer
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from radproto.model.bounded_scoring import BoundedScorer
 from radproto.model.calibration import abstain_reason, catalog_probabilities, fit_temperature
 from radproto.model.catalog import Catalog, default_catalog
 from radproto.model.encoding import (
@@ -32,6 +34,7 @@ from radproto.model.encoding import (
     target_token_ids,
 )
 from radproto.model.errors import ModelError
+from radproto.model.fast_scoring import FastScorer
 from radproto.model.loading import (
     DEFAULT_LORA_TARGETS,
     EMBEDDED_BASE_MODEL,
@@ -90,6 +93,7 @@ class ProtocolClassifier:
         model_version: str = "",
         metadata: Mapping[str, Any] | None = None,
         trained_catalog: Catalog | None = None,
+        scoring_tolerance: float = 0.0,
     ) -> None:
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
             raise ModelError("the tokenizer's pad token must exist and differ from EOS")
@@ -100,11 +104,23 @@ class ProtocolClassifier:
         self.config = config or ModelConfig()
         self.temperature = float(temperature)
         self.abstain_threshold = float(abstain_threshold)
+        self.scoring_tolerance = scoring_tolerance
         self.model_version = model_version or "m-unsaved"
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.trained_catalog = trained_catalog or catalog
         self._tries: dict[str, ProtocolTrie] = {}
         self.catalog = catalog
+
+    @property
+    def scoring_tolerance(self) -> float:
+        """0: the exact distribution; > 0: bounded_scoring's certified tolerance."""
+        return self._scoring_tolerance
+
+    @scoring_tolerance.setter
+    def scoring_tolerance(self, value: float) -> None:
+        if not 0 <= value < 1:
+            raise ModelError(f"the scoring tolerance must be in [0, 1), not {value}")
+        self._scoring_tolerance = float(value)
 
     # -- catalog ---------------------------------------------------------------------------
     @property
@@ -128,7 +144,12 @@ class ProtocolClassifier:
     # -- scoring ---------------------------------------------------------------------------
     def catalog_log_probs(self, fields_list: Sequence[Mapping[str, Any]], *,
                           batch_size: int = 16) -> np.ndarray:
-        """[n, n_protocols] log p(" " + name + EOS | prompt), unnormalized, catalog order."""
+        """[n, n_protocols] log p(" " + name + EOS | prompt), unnormalized, catalog order.
+
+        Exact unless `scoring_tolerance` > 0 (then within that tolerance once calibrated
+        with this classifier's temperature; see bounded_scoring.py). On CUDA the exact
+        distribution comes from fast_scoring's batched path.
+        """
         import torch
 
         if batch_size < 1:
@@ -136,22 +157,25 @@ class ProtocolClassifier:
         trie = self._trie()
         prompts = [prompt_token_ids(self.tokenizer, f, self.config.max_length)
                    for f in fields_list]
+        if self.scoring_tolerance > 0:
+            scorer = BoundedScorer(self.model, trie, self.tokenizer.pad_token_id,
+                                   tolerance=self.scoring_tolerance, max_batch=batch_size)
+            with _eval_mode(self.model):
+                return scorer.log_probs(prompts, temperature=self.temperature)
+        if _on_cuda(self.model):
+            scorer = FastScorer(self.model, trie, self.tokenizer.pad_token_id)
+            with _eval_mode(self.model):
+                return scorer.log_probs(prompts)
         out = np.empty((len(prompts), len(self._catalog)), dtype=np.float64)
         # Similar lengths share a batch: less padding to compute.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        was_training = bool(getattr(self.model, "training", False))
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(order), batch_size):
-                    chunk = order[start : start + batch_size]
-                    out[chunk] = trie_log_probs(
-                        self.model, [prompts[i] for i in chunk], trie,
-                        pad_token_id=self.tokenizer.pad_token_id,
-                    )
-        finally:
-            if was_training:
-                self.model.train()
+        with _eval_mode(self.model), torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                out[chunk] = trie_log_probs(
+                    self.model, [prompts[i] for i in chunk], trie,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
         return out
 
     def probabilities(self, log_probs: np.ndarray) -> np.ndarray:
@@ -368,6 +392,25 @@ def _weight_files(directory: Path) -> list[Path]:
                 "pytorch_model*.bin")
     found = {p for pattern in patterns for p in directory.glob(pattern) if p.is_file()}
     return sorted(found)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Dropout off while scoring; a model in training goes back to training afterwards."""
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _on_cuda(model: Any) -> bool:
+    try:
+        return next(model.parameters()).is_cuda
+    except (StopIteration, AttributeError):
+        return False
 
 
 def _fields(order: Order | Mapping[str, Any]) -> Mapping[str, Any]:

@@ -388,7 +388,8 @@ def score_with_timing(classifier: Any, fields: list[dict[str, Any]], *, batch_si
 def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog: Catalog,
                   tracking_uri: str | None = None, limit: int | None = None,
                   baseline_train: str | Path | None = None, batch_size: int = 16,
-                  progress: bool = True, classifier: Any = None) -> dict[str, Any]:
+                  progress: bool = True, classifier: Any = None,
+                  scoring_tolerance: float = 0.0) -> dict[str, Any]:
     """Score a labelled order file and write the report; returns the metrics."""
     from radproto.training.orderfile import read_orders
     from radproto.training.tracking import load_model
@@ -410,6 +411,7 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
         classifier = load_model(model, catalog=catalog, tracking_uri=tracking_uri)
     else:
         classifier.catalog = catalog
+    classifier.scoring_tolerance = scoring_tolerance
     fields = [{k: r.get(k, "") for k in ORDER_FILE_FIELDS} for r in kept]
     labels = np.array([catalog.names.index(r["label"]) for r in kept])
     log_probs, per_order = score_with_timing(classifier, fields, batch_size=batch_size,
@@ -424,6 +426,7 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
         log.warning("no training file for the baseline (give --baseline-train)")
     extra = {"model": model, "data": str(data), "skipped_unknown_labels": unknown,
              "model_version": classifier.model_version,
+             "scoring_tolerance": scoring_tolerance,
              "median_ms_per_order": 1000.0 * statistics.median(per_order)}
     return build_report(log_probs, labels, catalog, temperature=classifier.temperature,
                         out_dir=out_dir, rows=kept, baseline_train=train_rows,
@@ -437,7 +440,8 @@ def evaluate_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
     tracking_uri = args.tracking_uri if args.tracking_uri is not None else DEFAULT_TRACKING_URI
     metrics = evaluate_file(args.model, args.data, args.out, catalog=catalog,
                             tracking_uri=tracking_uri, limit=args.limit,
-                            baseline_train=getattr(args, "baseline_train", None))
+                            baseline_train=getattr(args, "baseline_train", None),
+                            scoring_tolerance=getattr(args, "scoring_tolerance", 0.0))
     if tracking_uri:
         run_id = log_evaluation(tracking_uri, args.out, metrics, model_uri=args.model,
                                 data=str(args.data))
