@@ -37,6 +37,7 @@ from radproto.fhir_mappings.fhir import (
     suggestion_to_annotation,
 )
 from radproto.fhir_mappings.fhir_task import TOP_K, confidence_extension, protocol_concept
+from radproto.model.fast_batching import DynamicBatcher
 from radproto.model.order import Order, OrderSource
 from radproto.model.suggestion import Suggestion
 
@@ -92,12 +93,13 @@ class SuggestionCache:
                 self._items.popitem(last=False)
 
 
-def score_into_cache(classifier: Any, cache: SuggestionCache, keys: Sequence[str],
+def score_into_cache(batcher: DynamicBatcher, cache: SuggestionCache, keys: Sequence[str],
                      orders: Sequence[Order]) -> None:
     """Run the model (in a worker thread) and keep what it says, even for a caller that has
-    stopped waiting."""
-    for key, suggestion in zip(keys, classifier.score_orders(list(orders)), strict=True):
-        cache.put(key, suggestion)
+    stopped waiting. Drafts of concurrent calls share one batch (the batcher's)."""
+    futures = [batcher.submit(order) for order in orders]
+    for key, future in zip(keys, futures, strict=True):
+        cache.put(key, future.result())
 
 
 def draft_requests(hook: str, context: dict[str, Any]) -> list[dict[str, Any]]:
@@ -186,7 +188,7 @@ async def call_service(service_id: str, request: Request) -> Response:
     missing = [(k, o) for k, o in zip(keys, orders, strict=True) if cache.get(k) is None]
     if missing:
         work = asyncio.get_running_loop().run_in_executor(
-            None, score_into_cache, classifier, cache, [k for k, _ in missing],
+            None, score_into_cache, api.batcher(classifier), cache, [k for k, _ in missing],
             [o for _, o in missing])
         work.add_done_callback(_log_failure)
         try:

@@ -53,6 +53,9 @@ class FhirSettings(BaseModel):
                                description="how long POST waits for the Task before a 202")
     cds_timeout_s: float = Field(default=3.0, gt=0,
                                  description="CDS Hooks budget: no card rather than a late one")
+    cds_batch_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000,
+        description="how long a CDS Hooks draft waits for concurrent ones to share its pass")
     client_timeout_s: float = Field(default=10.0, gt=0)
     client_retries: int = Field(default=3, ge=0)
     smart_client_id: str = ""  # set: SMART Backend Services authentication

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -57,6 +58,7 @@ from radproto.fhir_mappings.fhir_task import (
     protocol_concept,
 )
 from radproto.model.catalog import Catalog
+from radproto.model.fast_batching import DynamicBatcher
 from radproto.model.order import Order
 from radproto.model.suggestion import Suggestion
 
@@ -176,11 +178,34 @@ class FhirApi:
         self.store = context.store
         self.settings = settings or FhirSettings()
         self.ehr = ehr
+        self._batcher: tuple[Any, DynamicBatcher] | None = None
+        self._batcher_lock = threading.Lock()
 
     @property
     def classifier(self) -> Any:
         """The model, or None while it loads."""
         return self.context.classifier
+
+    def batcher(self, classifier: Any) -> DynamicBatcher:
+        """One batcher per model: concurrent CDS Hooks drafts share a forward pass."""
+        with self._batcher_lock:
+            current = self._batcher
+            if current is None or current[0] is not classifier:
+                if current is not None:  # the model was replaced: the old one finishes
+                    current[1].close(timeout=0)
+                batcher = DynamicBatcher(
+                    lambda orders: classifier.score_orders(list(orders)),
+                    max_batch=64, max_wait_ms=self.settings.cds_batch_wait_ms,
+                    name="radproto-cds-batcher")
+                current = self._batcher = (classifier, batcher)
+            return current[1]
+
+    def stop(self) -> None:
+        """Answer what the batcher holds, then end its thread (service shutdown)."""
+        with self._batcher_lock:
+            if self._batcher is not None:
+                self._batcher[1].close()
+                self._batcher = None
 
     @property
     def catalog(self) -> Catalog:
@@ -551,7 +576,8 @@ def install(app: FastAPI, context: Any) -> None:
 
     settings = fhir_settings_of(context)
     ehr = context.extra.get("fhir_client") or make_ehr_client(settings)
-    app.state.radproto_fhir = FhirApi(context, settings=settings, ehr=ehr)
+    app.state.radproto_fhir = context.extra["fhir_service"] = FhirApi(
+        context, settings=settings, ehr=ehr)
     pipeline_module.register_parser(FHIR_JSON, parse_fhir_message)
     for r in (router, feedback_router, subscriptions_router, cds_router):
         app.include_router(r)

@@ -261,9 +261,9 @@ class Service:
 
 async def _stop_extensions(ctx: ServiceContext) -> None:
     """Stop what extensions started (e.g. the FHIR outbox relay: extra["fhir_relay"] with
-    its task in extra["fhir_relay_task"])."""
+    its task in extra["fhir_relay_task"]; the FHIR routes' extra["fhir_service"])."""
     for key, value in list(ctx.extra.items()):
-        if key.endswith("_relay") and hasattr(value, "stop"):
+        if key.endswith(("_relay", "_service")) and hasattr(value, "stop"):
             with contextlib.suppress(Exception):
                 result = value.stop()
                 if asyncio.iscoroutine(result):

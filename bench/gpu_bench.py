@@ -563,6 +563,104 @@ def extra_main(args: argparse.Namespace) -> None:
     rec.put("compiled", compiled)
 
 
+def bounded_main(args: argparse.Namespace) -> None:
+    """Bounded scoring's recorded expansions replayed on the 7B, beside the exact fast path
+    and batched generation, same model, same prompts, same run (bench/bounded_replay.py)."""
+    import numpy as np
+    import torch
+
+    from bench.bounded_replay import ReplayScorer
+    from bench.gpu_baseline import add_adapter, generate_predictions
+    from bench.gpu_data import load
+    from bench.gpu_model import build_model
+    from radproto.model.fast_scoring import FastScorer
+    from radproto.model.fast_train import compile_elementwise, lean_lora, plain_lora
+    from radproto.model.scoring import ProtocolTrie
+
+    rec = Recorder(Path(args.out) if args.out else None, "gpu_bounded.json")
+    rec.put("env", environment())
+    recorded = json.loads(Path(args.bounded_schedule).read_text())
+    rec.put("recorded", {k: v for k, v in recorded.items() if k != "schedule"})
+    cuda = torch.cuda.is_available()
+    data = load(Path(args.data))  # the schedule's tree is the real catalog's
+    model, _ = build_model(tiny=args.smoke, device="cuda" if cuda else "cpu", seed=0)
+    peft_model = add_adapter(model, seed=2)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    peft_model.eval()
+    trie = ProtocolTrie.build(data["targets"])
+    if trie.n_nodes != recorded["trie_nodes"]:
+        raise SystemExit(f"the schedule's tree has {recorded['trie_nodes']} nodes, "
+                         f"this data's {trie.n_nodes}")
+    prompts = [e["input_ids"][: e["prompt_len"]] for e in data["examples"][-args.score_orders:]]
+    pad = data["pad_id"]
+    result: dict[str, Any] = {"orders": len(prompts),
+                              "prompt_tokens_mean": round(statistics.mean(map(len, prompts)), 1)}
+
+    def put(name: str, fn: Any) -> None:
+        try:
+            result[name] = fn()
+        except Exception as exc:
+            traceback.print_exc()
+            result[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        rec.put("bounded", result)
+
+    def generation() -> dict:
+        group = prompts[: args.gen_orders]
+        max_new = max(len(t) for t in data["targets"])
+        generate_predictions(peft_model, group[:8], max_new_tokens=2, pad_id=pad,
+                             eos_id=data["eos_id"], batch_size=8)
+        reset_peak()
+        _, secs = generate_predictions(peft_model, group, max_new_tokens=max_new, pad_id=pad,
+                                       eos_id=data["eos_id"], batch_size=args.gen_batch)
+        return {"batch": args.gen_batch, "orders": len(group),
+                "orders_per_s": round(len(group) / secs, 2), "peak_gb": peak_gb()}
+
+    plain_lora(peft_model)
+    put("generation_batch", generation)
+    lean_lora(peft_model)
+    if cuda and args.compile:
+        compile_elementwise(peft_model)
+
+    def exact(budget: int) -> dict:
+        scorer = FastScorer(peft_model, trie, pad, max_batch_tokens=budget, max_batch=512)
+        scorer.log_probs(prompts[:128])  # warm-up (and compilation)
+        reset_peak()
+        _, secs = timed(scorer.log_probs, prompts)
+        return {"max_batch_tokens": budget, "orders_per_s": round(len(prompts) / secs, 2),
+                "peak_gb": peak_gb()}
+
+    put("exact_fast", lambda: exact(args.score_budgets[-1]))
+
+    def replay(batch: int) -> dict:
+        scorer = ReplayScorer(peft_model, trie, pad, max_batch=batch,
+                              schedules=recorded["schedule"])
+        scorer.log_probs(prompts[:batch])  # warm-up
+        scorer.passes.clear()
+        scorer.nodes_run.clear()
+        reset_peak()
+        _, secs = timed(scorer.log_probs, prompts)
+        return {"max_batch": batch, "orders_per_s": round(len(prompts) / secs, 2),
+                "passes_mean": round(float(np.mean(scorer.passes)), 2),
+                "nodes_run_mean": round(float(np.mean(scorer.nodes_run)), 1),
+                "peak_gb": peak_gb()}
+
+    for batch in args.bounded_batches:
+        put(f"bounded_b{batch}", lambda b=batch: replay(b))
+
+    def replay_single() -> dict:
+        scorer = ReplayScorer(peft_model, trie, pad, max_batch=1,
+                              schedules=recorded["schedule"])
+        for p in prompts[:3]:
+            scorer.log_probs([p])
+        times = [timed(scorer.log_probs, [p])[1] for p in prompts[: args.latency_orders]]
+        return {"orders": len(times), "p50_ms": round(1000 * statistics.median(times), 2)}
+
+    put("bounded_single", replay_single)
+
+
 # ---------------------------------------------------------------------------------- ddp
 
 
@@ -1016,7 +1114,10 @@ def _count_gpus() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=["all", "ddp", "extra"], default="all")
+    p.add_argument("--mode", choices=["all", "ddp", "extra", "bounded"], default="all")
+    p.add_argument("--bounded-schedule", default="bench/bounded_schedule.json",
+                   help="expansions recorded by bench.bounded_replay (mode bounded)")
+    p.add_argument("--bounded-batches", default="64,128,256")
     p.add_argument("--data", default=".benchdata/data.npz")
     p.add_argument("--out", default=os.environ.get("OUT", ""))
     p.add_argument("--smoke", action="store_true", help="tiny model and data, any device")
@@ -1051,6 +1152,7 @@ def main(argv: list[str] | None = None) -> int:
     args.budgets = [int(x) for x in str(args.budgets).split(",") if x]
     args.score_budgets = [int(x) for x in str(args.score_budgets).split(",") if x]
     args.ddp_budgets = [int(x) for x in str(args.ddp_budgets).split(",") if x]
+    args.bounded_batches = [int(x) for x in str(args.bounded_batches).split(",") if x]
     args.sections = set(str(args.sections).split(","))
     if args.prepare_data:
         from bench.gpu_data import prepare
@@ -1074,6 +1176,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.mode == "extra":
         extra_main(args)
+        return 0
+    if args.mode == "bounded":
+        bounded_main(args)
         return 0
     # The baseline must see one GPU (the HF Trainer would wrap several in DataParallel); the
     # two-GPU runs are separate processes that name their GPUs themselves.

@@ -92,6 +92,7 @@ class _TreeIndex:
 class _OrderState:
     """What is known for one order: path log-probs, exact protocols, where nodes sit."""
 
+    index: int  # the order's position in log_probs' input
     length: int
     node_lp: np.ndarray  # [N] log p(path to node); nan until its parent has run
     protocol_lp: np.ndarray  # [P] exact log p(protocol); nan until computed
@@ -136,12 +137,13 @@ class BoundedScorer:
         with torch.inference_mode(), _mask_capable_attention(self.model) as attention:
             for start in range(0, len(order), self.max_batch):
                 chunk = order[start : start + self.max_batch]
-                out[chunk] = self._batch([prompts[i] for i in chunk], temperature, attention)
+                out[chunk] = self._batch([prompts[i] for i in chunk], chunk, temperature,
+                                         attention)
         return out
 
     # -------------------------------------------------------------------------- one batch
-    def _batch(self, prompts: Sequence[Sequence[int]], temperature: float,
-               attention: str) -> np.ndarray:
+    def _batch(self, prompts: Sequence[Sequence[int]], indices: Sequence[int],
+               temperature: float, attention: str) -> np.ndarray:
         import torch
         from transformers import DynamicCache
 
@@ -150,9 +152,10 @@ class BoundedScorer:
                                 None)
         device = head.weight.device
         trie, n_nodes = self.trie, self.trie.n_nodes
-        states = [_OrderState(length=len(p), node_lp=np.full(n_nodes, np.nan),
+        states = [_OrderState(index=i, length=len(p), node_lp=np.full(n_nodes, np.nan),
                               protocol_lp=np.full(trie.n_protocols, np.nan),
-                              column=np.full(n_nodes, -1, dtype=np.int64)) for p in prompts]
+                              column=np.full(n_nodes, -1, dtype=np.int64))
+                  for i, p in zip(indices, prompts, strict=True)]
         width = max(len(p) for p in prompts)
         cache = DynamicCache()
 

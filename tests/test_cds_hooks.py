@@ -111,6 +111,27 @@ async def test_prefetched_patient_reaches_the_model(tmp_path):
         await svc.close()
 
 
+async def test_concurrent_hook_calls_share_one_model_pass(tmp_path):
+    batches = []
+
+    class Spy(KeywordClassifier):
+        def score_orders(self, orders, *, batch_size=16):
+            batches.append(len(orders))
+            return super().score_orders(orders, batch_size=batch_size)
+
+    svc = Service(tmp_path, fhir=FhirSettings(cds_batch_wait_ms=300), classifier=Spy())
+    try:
+        calls = [json.loads(path.read_text()) for path in REQUESTS[:2]]
+        assert len(calls) == 2
+        answers = await asyncio.gather(*(
+            svc.http.post("/cds-services/radproto-order-select", json=c) for c in calls))
+        assert [len(a.json()["cards"]) for a in answers] == [1, 1]
+        assert batches == [2]  # both drafts in one forward pass
+        svc.context.extra["fhir_service"].stop()
+    finally:
+        await svc.close()
+
+
 async def test_a_slow_model_gives_no_card_rather_than_a_late_one(tmp_path):
     slow = KeywordClassifier(delay_s=0.8)
     svc = Service(tmp_path, fhir=FhirSettings(cds_timeout_s=0.2), classifier=slow)
