@@ -188,20 +188,20 @@ class BoundedScorer:
     def _run(self, backbone: Any, cache: Any, states: list[_OrderState],
              feed: list[np.ndarray], prompt_ids: Any, columns: int, attention: str,
              device: Any) -> Any:
-        """Run the fed nodes (after the prompt, on pass 1) on top of the cache."""
+        """Run the fed nodes (after the prompt, on pass 1) on top of the cache's `columns`
+        columns; returns the hidden states of the fed slots (prompt rows too on pass 1)."""
         import torch
 
         trie = self.trie
         n_orders = len(states)
         slots = max(f.size for f in feed)
-        head_cols = 0 if prompt_ids is None else prompt_ids.shape[1]
-        past = columns - head_cols if prompt_ids is not None else columns
+        head_cols = 0 if prompt_ids is None else prompt_ids.shape[1]  # = columns on pass 1
         rows = head_cols + slots
-        total = past + rows if prompt_ids is None else columns + slots
+        total = columns + slots  # the cache's columns after this pass
         ids = torch.full((n_orders, slots), self.pad_token_id, dtype=torch.long)
         positions = torch.zeros((n_orders, rows), dtype=torch.long)
         allowed = np.zeros((n_orders, rows, total), dtype=bool)
-        node_base = total - slots  # column of this pass's first slot
+        node_base = columns  # column of this pass's first slot
         for b, (state, nodes) in enumerate(zip(states, feed, strict=True)):
             if nodes.size:
                 ids[b, : nodes.size] = torch.from_numpy(trie.node_tokens[nodes])
