@@ -114,6 +114,23 @@ def test_early_stopping_stops_and_keeps_the_best_weights(assets: dict, tmp_path:
     assert b_weights and all(torch.count_nonzero(v) == 0 for v in b_weights)
 
 
+def test_a_wall_budget_spent_on_calibration_leaves_training_one_step(
+        assets: dict, tmp_path: Path) -> None:
+    config = tiny_config(assets["base"], assets["corpus"], tmp_path / "m", max_steps=50,
+                         calib_size=4, wall_budget_minutes=0.001)
+    result = train(config, assets["catalog"], progress=False)
+    assert result.stopped == "time_budget" and result.steps == 1
+    record = json.loads((tmp_path / "m" / "radproto_model.json").read_text())
+    assert record["metadata"]["train"]["budget_seconds"] < 0.1  # still calibrated and saved
+
+
+def test_a_generous_wall_budget_changes_nothing(assets: dict, tmp_path: Path) -> None:
+    config = tiny_config(assets["base"], assets["corpus"], tmp_path / "m", max_steps=4,
+                         calib_size=4, wall_budget_minutes=60)
+    result = train(config, assets["catalog"], progress=False)
+    assert result.stopped == "max_steps" and result.steps == 4
+
+
 def test_improving_run_is_not_stopped_early(assets: dict, tmp_path: Path) -> None:
     config = tiny_config(assets["base"], assets["corpus"], tmp_path / "m", max_steps=6,
                          eval_interval=2, patience=1, min_delta=0.0, learning_rate=1e-2,

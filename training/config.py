@@ -78,6 +78,9 @@ class TrainConfig:
     time_budget_minutes: float = _f(0.0, "stop training after this much wall time; the lr "
                                     "schedule follows the larger of step and time progress "
                                     "(0 = off)")
+    wall_budget_minutes: float = _f(0.0, "the whole command (load, training, calibration, "
+                                    "saving) ends within this: training gets what is left "
+                                    "after the measured cost of calibration (0 = off)")
     seed: int = _f(13, "random seed (LoRA init, data order, dropout)")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
     # -- evaluation, checkpoints, early stopping -----------------------------------------
@@ -116,7 +119,8 @@ class TrainConfig:
                 raise ConfigError("must be positive", field=name)
         non_negative = ("lora_layers", "warmup_steps", "weight_decay", "max_grad_norm",
                         "max_steps", "val_size", "calib_size", "patience", "min_delta",
-                        "time_budget_minutes", "threads", "epochs")
+                        "time_budget_minutes", "wall_budget_minutes", "threads",
+                        "epochs")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError("must not be negative", field=name)

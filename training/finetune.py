@@ -314,6 +314,9 @@ def init_distributed(device: str) -> Dist:
                 local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+_FINISH_SECONDS = 45.0  # saving, the validation report's baseline and MLflow logging
+
+
 def _all_sum(values: list[float], dist_info: Dist) -> list[float]:
     if dist_info.world <= 1:
         return values
@@ -429,6 +432,7 @@ class Trainer:
         self.best_state: dict[str, Any] | None = None
         self.bad_evals = 0
         self.train_seconds = 0.0
+        self.budget_seconds = config.time_budget_minutes * 60  # 0: none; run() may lower it
         self.history: list[dict[str, float]] = []
         self.run_id = ""
         random.seed(config.seed)
@@ -558,10 +562,39 @@ class Trainer:
 
     def _progress(self) -> float:
         by_steps = self.step / self.max_steps
-        budget = self.config.time_budget_minutes * 60
+        budget = self.budget_seconds
         if budget <= 0:
             return by_steps
         return max(by_steps, self.train_seconds / budget)
+
+    def _fit_wall_budget(self) -> None:
+        """Lower the training budget so that calibration and saving still fit the wall budget.
+
+        Calibration scores `calib_size` orders over the whole catalog after training; its
+        cost is measured here on one order (it varies several-fold between CPUs).
+        """
+        wall = self.config.wall_budget_minutes * 60
+        if wall <= 0:
+            return
+        from radproto.model.classifier import ProtocolClassifier
+
+        classifier = ProtocolClassifier(self.model, self.tokenizer, self.catalog,
+                                        config=self.model_config)
+        row = self.val_rows[0]
+        start = time.perf_counter()
+        classifier.catalog_log_probs([{k: row.get(k, "") for k in
+                                       ("ordered_exam", "history", "diagnosis", "notes")}])
+        per_order = time.perf_counter() - start
+        self.model.train()
+        calib = min(self.config.calib_size, len(self.val_rows)) if self.config.calibrate else 0
+        reserve = 1.15 * calib * per_order + _FINISH_SECONDS
+        left = wall - (time.perf_counter() - self.started) - reserve
+        left = _all_sum([max(left, 0.0)], self.dist)[0] / self.dist.world  # one budget for all
+        budget = self.train_seconds + max(left, 1e-3)  # > 0: a budget of 0 means "none"
+        if self.budget_seconds <= 0 or budget < self.budget_seconds:
+            log.info("wall budget %.0f s: %.0f s left for training (calibration ~%.0f s)",
+                     wall, left, reserve - _FINISH_SECONDS)
+            self.budget_seconds = budget
 
     def _evaluate_and_checkpoint(self) -> bool:
         """Validation loss, best-weights bookkeeping, checkpoint; True = stop early."""
@@ -594,6 +627,7 @@ class Trainer:
 
             bar = tqdm(total=self.max_steps, initial=self.step, unit="step",
                        desc="train", dynamic_ncols=True)
+        self._fit_wall_budget()
         previous = _install_stop_handlers(self)
         self._start_step, self._start_seconds = self.step, self.train_seconds
         stopped = "max_steps"
@@ -648,7 +682,7 @@ class Trainer:
                 now = time.perf_counter()
                 self.train_seconds += now - clock
                 clock = now
-                budget = config.time_budget_minutes * 60
+                budget = self.budget_seconds
                 # Stop one mean step early rather than one step late.
                 mean_step = (self.train_seconds - self._start_seconds) / max(
                     self.step - self._start_step, 1)
@@ -713,6 +747,7 @@ class Trainer:
             "train": {"steps": self.step, "stopped": self.stopped,
                       "best_step": self.best_step, "best_val_loss": self.best_val,
                       "train_seconds": round(self.train_seconds, 1),
+                      "budget_seconds": round(self.budget_seconds, 3),
                       "n_train": len(self.train_examples), "n_val": len(self.val_examples),
                       "lora_layers": self.config.lora_layers, "run_id": self.run_id,
                       "calibration": {"method": "temperature scaling",
