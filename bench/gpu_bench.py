@@ -280,11 +280,29 @@ def prefill_section(model: Any, rec: Recorder, tiny: bool) -> None:
                         "single_ms_p50": round(1000 * statistics.median(singles), 2)})
 
 
+def scoring_setup(model: Any, data: dict, n_orders: int) -> tuple[Any, Any, list]:
+    """(model with a trained-looking LoRA adapter, the catalog's tree, the held-out prompts)."""
+    import torch
+
+    from bench.gpu_baseline import add_adapter
+    from radproto.model.scoring import ProtocolTrie
+
+    peft_model = add_adapter(model, seed=2)
+    with torch.no_grad():  # B is zero at init: give the adapter an effect
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    peft_model.eval()
+    trie = ProtocolTrie.build(data["targets"])
+    prompts = [e["input_ids"][: e["prompt_len"]] for e in data["examples"][-n_orders:]]
+    return peft_model, trie, prompts
+
+
 def scoring_section(model: Any, data: dict, rec: Recorder, args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from bench.gpu_baseline import add_adapter, generate_predictions
+    from bench.gpu_baseline import generate_predictions
     from radproto.model.fast_scoring import FastScorer, GraphedScorer
     from radproto.model.fast_train import (
         compile_elementwise,
@@ -292,18 +310,11 @@ def scoring_section(model: Any, data: dict, rec: Recorder, args: argparse.Namesp
         plain_lora,
         uncompile_elementwise,
     )
-    from radproto.model.scoring import ProtocolTrie, trie_log_probs
+    from radproto.model.scoring import trie_log_probs
 
     score: dict[str, Any] = {}
     cuda = torch.cuda.is_available()
-    peft_model = add_adapter(model, seed=2)
-    with torch.no_grad():  # a trained-looking adapter: B is zero at init
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
-    peft_model.eval()
-    trie = ProtocolTrie.build(data["targets"])
-    prompts = [e["input_ids"][: e["prompt_len"]] for e in data["examples"][-args.score_orders:]]
+    peft_model, trie, prompts = scoring_setup(model, data, args.score_orders)
     score["orders"] = len(prompts)
     score["trie_nodes"] = trie.n_nodes
     score["prompt_tokens_mean"] = round(statistics.mean(len(p) for p in prompts), 1)
@@ -478,12 +489,11 @@ def extra_main(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from bench.gpu_baseline import add_adapter
     from bench.gpu_data import load
     from bench.gpu_model import build_model
     from radproto.model.fast_scoring import FastScorer, GraphedScorer
     from radproto.model.fast_train import compile_elementwise, lean_lora
-    from radproto.model.scoring import ProtocolTrie, trie_log_probs
+    from radproto.model.scoring import trie_log_probs
 
     rec = Recorder(Path(args.out) if args.out else None, "gpu_extra.json")
     rec.put("env", environment())
@@ -495,14 +505,7 @@ def extra_main(args: argparse.Namespace) -> None:
     else:
         data = load(Path(args.data))
     model, _ = build_model(tiny=args.smoke, device="cuda" if cuda else "cpu", seed=0)
-    peft_model = add_adapter(model, seed=2)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
-    peft_model.eval()
-    trie = ProtocolTrie.build(data["targets"])
-    prompts = [e["input_ids"][: e["prompt_len"]] for e in data["examples"][-args.score_orders:]]
+    peft_model, trie, prompts = scoring_setup(model, data, args.score_orders)
     pad = data["pad_id"]
     n = 48
 
@@ -570,12 +573,11 @@ def bounded_main(args: argparse.Namespace) -> None:
     import torch
 
     from bench.bounded_replay import ReplayScorer
-    from bench.gpu_baseline import add_adapter, generate_predictions
+    from bench.gpu_baseline import generate_predictions
     from bench.gpu_data import load
     from bench.gpu_model import build_model
     from radproto.model.fast_scoring import FastScorer
     from radproto.model.fast_train import compile_elementwise, lean_lora, plain_lora
-    from radproto.model.scoring import ProtocolTrie
 
     rec = Recorder(Path(args.out) if args.out else None, "gpu_bounded.json")
     rec.put("env", environment())
@@ -584,13 +586,7 @@ def bounded_main(args: argparse.Namespace) -> None:
     cuda = torch.cuda.is_available()
     data = load(Path(args.data))  # the schedule's tree is the real catalog's
     model, _ = build_model(tiny=args.smoke, device="cuda" if cuda else "cpu", seed=0)
-    peft_model = add_adapter(model, seed=2)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
-    peft_model.eval()
-    trie = ProtocolTrie.build(data["targets"])
+    peft_model, trie, prompts = scoring_setup(model, data, args.score_orders)
     if trie.n_nodes != recorded["trie_nodes"]:
         raise SystemExit(f"the schedule's tree has {recorded['trie_nodes']} nodes, "
                          f"this data's {trie.n_nodes}")
