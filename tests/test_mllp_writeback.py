@@ -188,8 +188,14 @@ async def test_enhanced_mode_application_ack_goes_back_with_the_suggestion(store
                                  raw=raw.decode(), content_type="application/hl7-v2")
             worker.wake()
             await _wait(lambda n=n: store.message_counts().get("done", 0) == n)
-        await _wait(lambda: all(r.status in ("sent", "cancelled") for r in store.outbox_rows())
-                    and len(peer.received) >= 2)
+        # An application ACK is "sent" once written (nothing answers an ACK): wait until
+        # the peer has read every row the store calls sent.
+        def settled() -> bool:
+            rows = store.outbox_rows()
+            return (len(rows) == 3 and all(r.status in ("sent", "cancelled") for r in rows)
+                    and len(peer.received) == sum(r.status == "sent" for r in rows))
+
+        await _wait(settled)
         kinds = [(m.split("\r")[0].split("|")[8], m.split("\r")[1][:12]) for m in peer.received]
         assert kinds[0] == ("ACK^O01^ACK", "MSA|AA|ea-1")
         assert ("ACK^O01^ACK", "MSA|AA|ea-2") in kinds
