@@ -433,6 +433,7 @@ class Trainer:
         self.bad_evals = 0
         self.train_seconds = 0.0
         self.budget_seconds = config.time_budget_minutes * 60  # 0: none; run() may lower it
+        self.eval_seconds = 0.0  # the last validation pass's duration
         self.history: list[dict[str, float]] = []
         self.run_id = ""
         random.seed(config.seed)
@@ -598,7 +599,9 @@ class Trainer:
 
     def _evaluate_and_checkpoint(self) -> bool:
         """Validation loss, best-weights bookkeeping, checkpoint; True = stop early."""
+        started = time.perf_counter()
         val = self.validation_loss()
+        self.eval_seconds = time.perf_counter() - started
         improved = val < self.best_val - self.config.min_delta
         if improved:
             self.best_val, self.best_step, self.bad_evals = val, self.step, 0
@@ -686,7 +689,9 @@ class Trainer:
                 # Stop one mean step early rather than one step late.
                 mean_step = (self.train_seconds - self._start_seconds) / max(
                     self.step - self._start_step, 1)
-                out_of_time = budget > 0 and self.train_seconds + mean_step > budget
+                # ... and leave room for the validation pass that ends training.
+                out_of_time = budget > 0 and (
+                    self.train_seconds + mean_step + self.eval_seconds > budget)
                 last = self.step == self.max_steps or out_of_time
                 if (self.step % config.eval_interval == 0 or last) and \
                         self._evaluate_and_checkpoint():
