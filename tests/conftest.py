@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Iterator, Sequence
@@ -159,3 +160,28 @@ def orm_message(control_id: str, *, placer: str = "P1", action: str = "NW",
         "|".join(["OBR", "1", f"{placer}^RIS", "", f"X1^{exam}^L", *[""] * 26, reason]),
     ]
     return ("\r".join(segments) + "\r").encode()
+
+
+# -- the embedded tokenizer and the reference catalog (classifier tests) ---------------------
+REFERENCE_CATALOG = SHARED_DIR / "reference" / "protocol_catalog.csv"
+CACHE_DIR = Path(os.environ.get("RADPROTO_CACHE_DIR") or Path.home() / ".cache" / "radproto")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The embedded model's tokenizer, pad token distinct from EOS."""
+    from radproto.model.loading import embedded_base_dir, ensure_pad_token, load_tokenizer
+
+    tok = load_tokenizer(embedded_base_dir(CACHE_DIR))
+    ensure_pad_token(tok)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    """The 58-protocol reference catalog (the default catalog where it is absent)."""
+    from radproto.model.catalog import load_catalog
+
+    if REFERENCE_CATALOG.is_file():
+        return load_catalog(REFERENCE_CATALOG, mode="replace")
+    return load_catalog()

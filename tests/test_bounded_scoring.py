@@ -45,26 +45,6 @@ def taught(tokenizer, catalog):
     return model, trie, prompts
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from test_classifier_scoring import CACHE_DIR
-
-    from radproto.model.loading import embedded_base_dir, ensure_pad_token, load_tokenizer
-
-    tok = load_tokenizer(embedded_base_dir(CACHE_DIR))
-    ensure_pad_token(tok)
-    return tok
-
-
-@pytest.fixture(scope="module")
-def catalog():
-    from test_classifier_scoring import REFERENCE_CATALOG
-
-    from radproto.model.catalog import load_catalog
-
-    return load_catalog(REFERENCE_CATALOG, mode="replace")
-
-
 def _exact(model, trie, prompts, pad):
     return trie_log_probs(model, prompts, trie, pad_token_id=pad)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from radproto.model.catalog import load_catalog
+from conftest import CACHE_DIR
+
 from radproto.model.classifier import (
     load_classifier,
     prompt_token_ids,
@@ -20,15 +20,9 @@ from radproto.model.classifier import (
 from radproto.model.order import Order
 from radproto.model.scoring import naive_log_probs
 
-CACHE_DIR = Path(os.environ.get("RADPROTO_CACHE_DIR") or Path.home() / ".cache" / "radproto")
-REFERENCE_CATALOG = Path(__file__).parents[1] / ".." / "shared" / "reference" / (
-    "protocol_catalog.csv")
-
 
 @pytest.mark.slow
-def test_embedded_model_scores_the_whole_catalog():
-    catalog = (load_catalog(REFERENCE_CATALOG, mode="replace") if REFERENCE_CATALOG.is_file()
-               else load_catalog())
+def test_embedded_model_scores_the_whole_catalog(catalog):
     classifier = load_classifier("embedded", catalog=catalog, cache_dir=CACHE_DIR)
     tokenizer = classifier.tokenizer
     assert type(classifier.model).__name__ == "LlamaForCausalLM"

@@ -25,14 +25,11 @@ from radproto.model.classifier import (
     ModelConfig,
     ProtocolClassifier,
     add_lora,
-    ensure_pad_token,
     load_base_model,
     load_classifier,
 )
 from radproto.model.errors import ConfigError, ModelError
-from radproto.model.loading import embedded_base_dir, load_tokenizer
 
-CACHE_DIR = Path(os.environ.get("RADPROTO_CACHE_DIR") or Path.home() / ".cache" / "radproto")
 ORDERS = [
     {"ordered_exam": "CT head", "history": "fall on anticoagulation", "diagnosis": "",
      "notes": "eval bleed"},
@@ -42,10 +39,8 @@ ORDERS = [
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory) -> Path:
+def base_dir(tmp_path_factory, tokenizer) -> Path:
     """A tiny random Llama saved as an ordinary Hugging Face model directory."""
-    tokenizer = load_tokenizer(embedded_base_dir(CACHE_DIR))
-    ensure_pad_token(tokenizer)
     torch.manual_seed(1)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

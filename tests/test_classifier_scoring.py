@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from radproto.model import classifier as classifier_module
 from radproto.model.calibration import catalog_probabilities, nll
-from radproto.model.catalog import Catalog, Protocol, load_catalog
+from radproto.model.catalog import Catalog, Protocol
 from radproto.model.classifier import (
     ModelConfig,
     ProtocolClassifier,
@@ -33,13 +32,9 @@ from radproto.model.classifier import (
 )
 from radproto.model.encoding import IGNORE_INDEX, TARGET_RESERVE
 from radproto.model.errors import ModelError
-from radproto.model.loading import embedded_base_dir, load_tokenizer
 from radproto.model.order import Diagnosis, Order
 from radproto.model.scoring import ProtocolTrie, naive_log_probs
 
-REFERENCE_CATALOG = Path(__file__).parents[1] / ".." / "shared" / "reference" / (
-    "protocol_catalog.csv")
-CACHE_DIR = Path(os.environ.get("RADPROTO_CACHE_DIR") or Path.home() / ".cache" / "radproto")
 MAX_LENGTH = 256
 
 FIELDS = [
@@ -50,20 +45,6 @@ FIELDS = [
      "vomiting for two days, murphy sign positive", "diagnosis": "R10.11 RUQ pain",
      "notes": "r/o cholecystitis"},
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    tok = load_tokenizer(embedded_base_dir(CACHE_DIR))
-    ensure_pad_token(tok)
-    return tok
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    if REFERENCE_CATALOG.is_file():
-        return load_catalog(REFERENCE_CATALOG, mode="replace")
-    return load_catalog()
 
 
 def tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
