@@ -280,6 +280,20 @@ def prefill_section(model: Any, rec: Recorder, tiny: bool) -> None:
                         "single_ms_p50": round(1000 * statistics.median(singles), 2)})
 
 
+def sections_into(results: dict, rec: Recorder, key: str) -> Any:
+    """run(name, fn): results[name] = fn() (or the error it raised), then recorded under key;
+    one failing measurement does not lose the others."""
+    def run(name: str, fn: Any) -> None:
+        try:
+            results[name] = fn()
+        except Exception as exc:
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        rec.put(key, results)
+
+    return run
+
+
 def scoring_setup(model: Any, data: dict, n_orders: int) -> tuple[Any, Any, list]:
     """(model with a trained-looking LoRA adapter, the catalog's tree, the held-out prompts)."""
     import torch
@@ -320,13 +334,7 @@ def scoring_section(model: Any, data: dict, rec: Recorder, args: argparse.Namesp
     score["prompt_tokens_mean"] = round(statistics.mean(len(p) for p in prompts), 1)
     pad = data["pad_id"]
 
-    def section(name: str, fn: Any) -> None:
-        try:
-            score[name] = fn()
-        except Exception as exc:
-            traceback.print_exc()
-            score[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        rec.put("score", score)
+    section = sections_into(score, rec, "score")
 
     n_plain = min(len(prompts), args.plain_orders)
     plain_lp: dict[str, Any] = {}
@@ -590,18 +598,11 @@ def bounded_main(args: argparse.Namespace) -> None:
     if trie.n_nodes != recorded["trie_nodes"]:
         raise SystemExit(f"the schedule's tree has {recorded['trie_nodes']} nodes, "
                          f"this data's {trie.n_nodes}")
-    prompts = [e["input_ids"][: e["prompt_len"]] for e in data["examples"][-args.score_orders:]]
     pad = data["pad_id"]
     result: dict[str, Any] = {"orders": len(prompts),
                               "prompt_tokens_mean": round(statistics.mean(map(len, prompts)), 1)}
 
-    def put(name: str, fn: Any) -> None:
-        try:
-            result[name] = fn()
-        except Exception as exc:
-            traceback.print_exc()
-            result[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        rec.put("bounded", result)
+    put = sections_into(result, rec, "bounded")
 
     def generation() -> dict:
         group = prompts[: args.gen_orders]

@@ -120,6 +120,10 @@ class BoundedScorer:
         if not 0 <= self.tolerance < 1:
             raise ModelError(f"the scoring tolerance must be in [0, 1), not {self.tolerance}")
         self._index = _TreeIndex.build(self.trie)
+        backbone, _ = split_model(self.model)
+        # e.g. Gemma 2 caps its logits; the forward pass would too
+        self._softcap = getattr(getattr(backbone, "config", None), "final_logit_softcapping",
+                                None)
         self.passes: list[int] = []  # passes run per batch (for benchmarks)
         self.nodes_run: list[int] = []  # tree nodes run per order (for benchmarks)
 
@@ -148,8 +152,6 @@ class BoundedScorer:
         from transformers import DynamicCache
 
         backbone, head = split_model(self.model)
-        self._softcap = getattr(getattr(backbone, "config", None), "final_logit_softcapping",
-                                None)
         device = head.weight.device
         trie, n_nodes = self.trie, self.trie.n_nodes
         states = [_OrderState(index=i, length=len(p), node_lp=np.full(n_nodes, np.nan),
@@ -262,9 +264,8 @@ class BoundedScorer:
         picked = []
         for start in range(0, rows.shape[0], 1024):
             logits = head(rows[start : start + 1024]).float()
-            softcap = self._softcap
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
+            if self._softcap:
+                logits = torch.tanh(logits / self._softcap) * self._softcap
             norm = torch.logsumexp(logits, dim=-1, keepdim=True)
             picked.append(logits.gather(1, wanted[start : start + 1024]) - norm)
         values = torch.cat(picked).double().cpu().numpy()

@@ -49,6 +49,10 @@ def _command(subparsers, name: str, help_text: str, handler: Callable[[argparse.
     return parser
 
 
+_SCORING_TOLERANCE = ("0 (default): the exact distribution; e.g. 1e-4: every probability "
+                      "within that of the exact one, top 3 exact, fewer tree nodes run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _EnvDefaultsParser(
         prog="radproto",
@@ -91,9 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N orders only")
     p.add_argument("--baseline-train", type=Path, default=None,
                    help="training file for the TF-IDF baseline (default: train.* next to --data)")
-    p.add_argument("--scoring-tolerance", type=float, default=0.0,
-                   help="0 (default): the exact distribution; e.g. 1e-4: every probability "
-                   "within that of the exact one, top 3 exact, fewer tree nodes run")
+    p.add_argument("--scoring-tolerance", type=float, default=0.0, help=_SCORING_TOLERANCE)
 
     p = _command(sub, "predict", "Suggest protocols for every order in a file.", _predict)
     p.add_argument("--input", type=Path, required=True, help="order file")
@@ -101,9 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
     p.add_argument("--batch-size", type=int, default=16, help="orders per batch")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
-    p.add_argument("--scoring-tolerance", type=float, default=0.0,
-                   help="0 (default): the exact distribution; e.g. 1e-4: every probability "
-                   "within that of the exact one, top 3 exact, fewer tree nodes run")
+    p.add_argument("--scoring-tolerance", type=float, default=0.0, help=_SCORING_TOLERANCE)
 
     p = _command(sub, "serve", "Run the adapter service (MLLP + HTTP).", _serve)
     p.add_argument("--config", type=Path, default=None, help="service config file (YAML)")

@@ -314,6 +314,12 @@ def init_distributed(device: str) -> Dist:
                 local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def _prompt_fields(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The four fields the prompt reads, of each order-file row."""
+    return [{k: r.get(k, "") for k in ("ordered_exam", "history", "diagnosis", "notes")}
+            for r in rows]
+
+
 _FINISH_SECONDS = 45.0  # saving, the validation report's baseline and MLflow logging
 
 
@@ -568,6 +574,14 @@ class Trainer:
             return by_steps
         return max(by_steps, self.train_seconds / budget)
 
+    def _classifier(self) -> Any:
+        """The model in training as a ProtocolClassifier (exact scoring, temperature 1)."""
+        from radproto.model.classifier import ProtocolClassifier
+
+        return ProtocolClassifier(self.model, self.tokenizer, self.catalog,
+                                  config=self.model_config,
+                                  abstain_threshold=self.config.abstain_threshold)
+
     def _fit_wall_budget(self) -> None:
         """Lower the training budget so that calibration and saving still fit the wall budget.
 
@@ -577,14 +591,8 @@ class Trainer:
         wall = self.config.wall_budget_minutes * 60
         if wall <= 0:
             return
-        from radproto.model.classifier import ProtocolClassifier
-
-        classifier = ProtocolClassifier(self.model, self.tokenizer, self.catalog,
-                                        config=self.model_config)
-        row = self.val_rows[0]
         start = time.perf_counter()
-        classifier.catalog_log_probs([{k: row.get(k, "") for k in
-                                       ("ordered_exam", "history", "diagnosis", "notes")}])
+        self._classifier().catalog_log_probs(_prompt_fields(self.val_rows[:1]))
         per_order = time.perf_counter() - start
         self.model.train()
         calib = min(self.config.calib_size, len(self.val_rows)) if self.config.calibrate else 0
@@ -724,7 +732,7 @@ class Trainer:
     def finish(self) -> TrainResult:
         """Best weights back, temperature fitted on the validation subset, model saved,
         validation report, MLflow artifacts and registration (rank 0 only)."""
-        from radproto.model.classifier import ProtocolClassifier, fit_temperature
+        from radproto.model.classifier import fit_temperature
 
         if self.best_state is not None:
             _load_lora_state(self.model, self.best_state)
@@ -734,12 +742,9 @@ class Trainer:
                              seconds=time.perf_counter() - self.started, run_id=self.run_id)
         if not self.dist.main:
             return result
-        classifier = ProtocolClassifier(
-            self.model, self.tokenizer, self.catalog, config=self.model_config,
-            abstain_threshold=self.config.abstain_threshold)
+        classifier = self._classifier()
         calib_rows = subsample(self.val_rows, self.config.calib_size, self.config.seed + 1)
-        val_fields = [{k: r.get(k, "") for k in ("ordered_exam", "history", "diagnosis",
-                                                   "notes")} for r in calib_rows]
+        val_fields = _prompt_fields(calib_rows)
         labels = np.array([self.catalog.names.index(r["label"]) for r in calib_rows])
         score_start = time.perf_counter()
         # fp32, as the service scores: the temperature must fit the scores it will scale.
