@@ -80,6 +80,12 @@ def load_default_classifier(settings: ServiceSettings, catalog: Any) -> tuple[Cl
                                    work_dir=settings.data_dir / "default-model")
     classifier = load_classifier(uri, catalog=catalog, tracking_uri=settings.tracking_uri)
     classifier.scoring_tolerance = settings.scoring_tolerance
+    classifier.cuda_batch_tokens = settings.scoring_batch_tokens
+    # Readiness waits for this: graph capture and compilation are not the first order's.
+    seconds = classifier.prepare_for_serving(compile_kernels=settings.compile_kernels)
+    if seconds:
+        log_event(log, "model_prepared", s=round(seconds, 1),
+                  compile_kernels=settings.compile_kernels)
     return classifier, str(uri)
 
 

@@ -1087,9 +1087,11 @@ def _notes(score: dict) -> list[str]:
         "- Not run: an H100 (none is lent here; the H200 has the same compute and more memory "
         "bandwidth); real Meditron-7b weights (no download; random weights of the same shape); "
         "Llama's own tokenizer (SmolLM2's is used: lengths differ somewhat); the `radproto "
-        "train` command itself on two GPUs (training/finetune.py does not use the fast path "
-        "yet; the two-GPU figures are the fast loop of bench/gpu_bench.py under "
-        "torch.distributed.run, which the entry point starts itself on a host with 2 GPUs).",
+        "train` command on two GPUs (no two-GPU machine was lent in the session that wired "
+        "the fast path into it; the two-GPU figures above are the fast loop of "
+        "bench/gpu_bench.py under torch.distributed.run). The commands themselves (`radproto "
+        "train` with packing, the loaded classifier) are measured in the next section, "
+        "`gpu-command`.",
         "",
     ]
 

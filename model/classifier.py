@@ -34,7 +34,8 @@ from radproto.model.encoding import (
     target_token_ids,
 )
 from radproto.model.errors import ModelError
-from radproto.model.fast_scoring import FastScorer
+from radproto.model.fast_scoring import FastScorer, GraphedScorer
+from radproto.model.fast_train import cast_frozen_floats, compile_elementwise, lean_lora
 from radproto.model.loading import (
     DEFAULT_LORA_TARGETS,
     EMBEDDED_BASE_MODEL,
@@ -45,6 +46,7 @@ from radproto.model.loading import (
     load_base_model,
     load_tokenizer,
     resolve_device,
+    resolve_dtype,
 )
 from radproto.model.order import Order
 from radproto.model.prompt import PROMPT_VERSION
@@ -76,6 +78,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "radproto_model.json"
 FORMAT_VERSION = 1
 DEFAULT_ABSTAIN_THRESHOLD = 0.5
+_CUDA_BATCH_TOKENS = 4096
 
 
 class ProtocolClassifier:
@@ -94,6 +97,7 @@ class ProtocolClassifier:
         metadata: Mapping[str, Any] | None = None,
         trained_catalog: Catalog | None = None,
         scoring_tolerance: float = 0.0,
+        cuda_graphs: bool = True,
     ) -> None:
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
             raise ModelError("the tokenizer's pad token must exist and differ from EOS")
@@ -109,6 +113,13 @@ class ProtocolClassifier:
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.trained_catalog = trained_catalog or catalog
         self._tries: dict[str, ProtocolTrie] = {}
+        # CUDA only: one order at a time through captured graphs (latency); the scorers are
+        # kept per catalog version so their device plans and graphs are built once.
+        self.cuda_graphs = cuda_graphs
+        # CUDA: tokens per batched pass (prompts plus each order's prefix tree). Measured on a
+        # 7B NF4 model: 4096 -> 4.99 GB peak, 45 orders/s; 8192 -> 5.39 GB, 65 orders/s
+        self.cuda_batch_tokens = _CUDA_BATCH_TOKENS
+        self._cuda_scorers: dict[tuple[str, str], Any] = {}
         self.catalog = catalog
 
     @property
@@ -163,9 +174,8 @@ class ProtocolClassifier:
             with _eval_mode(self.model):
                 return scorer.log_probs(prompts, temperature=self.temperature)
         if _on_cuda(self.model):
-            scorer = FastScorer(self.model, trie, self.tokenizer.pad_token_id)
             with _eval_mode(self.model):
-                return scorer.log_probs(prompts)
+                return self._cuda_log_probs(trie, prompts)
         out = np.empty((len(prompts), len(self._catalog)), dtype=np.float64)
         # Similar lengths share a batch: less padding to compute.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -177,6 +187,45 @@ class ProtocolClassifier:
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
         return out
+
+    def _cuda_log_probs(self, trie: ProtocolTrie, prompts: list[list[int]]) -> np.ndarray:
+        """fast_scoring on the GPU: a captured graph for a lone order, batches otherwise."""
+        version = self._catalog.version
+        if self.cuda_graphs and len(prompts) == 1:
+            graphed = self._cuda_scorers.get((version, "graphed"))
+            if graphed is None:
+                graphed = self._cuda_scorers[version, "graphed"] = GraphedScorer(
+                    self.model, trie, self.tokenizer.pad_token_id,
+                    max_prompt=self.config.max_length)
+            if len(prompts[0]) <= graphed.max_prompt:
+                return graphed.log_probs_one(prompts[0])[None]
+        batched = self._cuda_scorers.get((version, "batched"))
+        if batched is None:
+            batched = self._cuda_scorers[version, "batched"] = FastScorer(
+                self.model, trie, self.tokenizer.pad_token_id)
+        batched.max_batch_tokens = self.cuda_batch_tokens
+        return batched.log_probs(prompts)
+
+    def prepare_for_serving(self, *, compile_kernels: bool = False) -> float:
+        """On CUDA, pay the first order's costs now: optionally compile the elementwise
+        kernels (RMSNorm, SwiGLU, RoPE), capture the single-order graph of every
+        prompt-length bucket and run one batch. Returns the seconds spent (0 elsewhere)."""
+        import time
+
+        if not _on_cuda(self.model):
+            return 0.0
+        start = time.perf_counter()
+        if compile_kernels:
+            compile_elementwise(self.model)
+        trie = self._trie()
+        with _eval_mode(self.model):
+            if self.cuda_graphs:
+                prompt = [self.tokenizer.eos_token_id] * self.config.max_length
+                graphed_lengths = range(1, self.config.max_length + 1, 32)
+                for length in graphed_lengths:
+                    self._cuda_log_probs(trie, [prompt[:length]])
+            self._cuda_log_probs(trie, [[self.tokenizer.eos_token_id] * 64] * 8)
+        return time.perf_counter() - start
 
     def probabilities(self, log_probs: np.ndarray) -> np.ndarray:
         """Calibrated probabilities over the catalog for catalog_log_probs' output."""
@@ -282,6 +331,11 @@ class ProtocolClassifier:
             elif kind != "base":
                 raise ModelError(f"{path}: unknown model kind '{kind}'")
         model.eval()
+        if device.startswith("cuda"):
+            # Serving only (nothing trains here): the adapter stored in the compute dtype
+            # (half its memory, no cast per call), its add fused into the GEMM.
+            cast_frozen_floats(model, resolve_dtype(config, device))
+            lean_lora(model)
         tokenizer = load_tokenizer(path)
         ensure_pad_token(tokenizer)
         trained = Catalog.from_json(json.dumps(record["catalog"]), source=str(path))
@@ -398,7 +452,8 @@ def _weight_files(directory: Path) -> list[Path]:
 def _eval_mode(model: Any) -> Iterator[None]:
     """Dropout off while scoring; a model in training goes back to training afterwards."""
     was_training = bool(getattr(model, "training", False))
-    model.eval()
+    if was_training:  # eval() walks every module: thousands on a 7B, ms per order
+        model.eval()
     try:
         yield
     finally:

@@ -267,25 +267,32 @@ def label_positions(batch: PackedBatch) -> Any:
 
 def packed_loss(model: Any, batch: PackedBatch, positions: Any | None = None) -> Any:
     """Mean cross-entropy over the label tokens of a packed row (sum / count, like HF)."""
+    if positions is None:
+        positions = label_positions(batch)
+    return packed_label_loss(model, batch.input_ids, batch.position_ids, batch.targets,
+                             batch.cu_seqlens, batch.max_seqlen, positions)
+
+
+def packed_label_loss(model: Any, input_ids: Any, position_ids: Any, targets: Any,
+                      cu_seqlens: Any, max_seqlen: int, positions: Any) -> Any:
+    """packed_loss on the row's tensors (what a DDP-wrapped module's forward receives)."""
     import torch.nn.functional as F
 
     backbone, head = split_model(model)
     device = head.weight.device
-    if positions is None:
-        positions = label_positions(batch)
     positions = positions.to(device, non_blocking=True)
-    cu = batch.cu_seqlens.to(device, non_blocking=True)
+    cu = cu_seqlens.to(device, non_blocking=True)
     hidden = backbone(
-        input_ids=batch.input_ids.to(device, non_blocking=True),
-        position_ids=batch.position_ids.to(device, non_blocking=True),
+        input_ids=input_ids.to(device, non_blocking=True),
+        position_ids=position_ids.to(device, non_blocking=True),
         cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-        max_length_q=batch.max_seqlen, max_length_k=batch.max_seqlen,
+        max_length_q=max_seqlen, max_length_k=max_seqlen,
         use_cache=False,
     ).last_hidden_state[0]
     rows = hidden.index_select(0, positions)
     logits = head(rows).float()  # [n_label_tokens, V]: never the prompt's positions
-    targets = batch.targets[0].to(device, non_blocking=True).index_select(0, positions)
-    return F.cross_entropy(logits, targets, reduction="sum") / max(1, positions.numel())
+    picked = targets[0].to(device, non_blocking=True).index_select(0, positions)
+    return F.cross_entropy(logits, picked, reduction="sum") / max(1, positions.numel())
 
 
 def padded_loss(model: Any, batch: dict[str, Any]) -> Any:

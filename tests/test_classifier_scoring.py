@@ -257,6 +257,23 @@ def test_scoring_restores_training_mode(classifier):
         classifier.model.eval()
 
 
+def test_scoring_in_eval_mode_leaves_every_module_in_eval_mode(classifier):
+    # _eval_mode skips eval() for a model already in eval mode (thousands of modules on a
+    # 7B): a submodule left in training mode must then not be switched on by scoring
+    classifier.model.eval()
+    before = classifier.catalog_log_probs(FIELDS[:2])
+    classifier.catalog_log_probs(FIELDS[:2])
+    assert not any(m.training for m in classifier.model.modules())
+    np.testing.assert_array_equal(classifier.catalog_log_probs(FIELDS[:2]), before)
+
+
+def test_prepare_for_serving_is_free_off_cuda(classifier):
+    before = classifier.catalog_log_probs(FIELDS[:2])
+    assert classifier.prepare_for_serving(compile_kernels=True) == 0.0
+    assert not classifier._cuda_scorers  # nothing captured or compiled on CPU
+    np.testing.assert_array_equal(classifier.catalog_log_probs(FIELDS[:2]), before)
+
+
 def test_bad_inputs_raise_model_errors(classifier):
     with pytest.raises(ModelError):
         classifier.score_orders([42])  # type: ignore[list-item]

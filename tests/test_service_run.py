@@ -56,6 +56,11 @@ def test_bad_config_file_names_line_and_field(tmp_path):
         load_settings(cfg)
     assert err.value.line == 3 and err.value.field == "security.retention_days"
 
+    cfg.write_text("host: x\ncompile_kernels: true\nscoring_batch_tokens: 100\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert err.value.line == 3 and err.value.field == "scoring_batch_tokens"
+
     cfg.write_text("host: x\nmllp_portt: 1\n")
     with pytest.raises(ConfigError) as err:
         load_settings(cfg)

@@ -20,16 +20,19 @@ from radproto.training.finetune import train
 from test_train_support import small_catalog
 config = from_mapping(json.loads(open(sys.argv[1]).read()))
 result = train(config, small_catalog(), progress=False)
-print("RESULT", json.dumps({"steps": result.steps, "saved": result.model_dir is not None}))
+print("RESULT", json.dumps({"steps": result.steps, "saved": result.model_dir is not None,
+                           "throughput": result.throughput}))
 """
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
-def test_two_process_ddp_run_trains_and_rank0_saves(tmp_path: Path) -> None:
+@pytest.mark.parametrize("packing", ["off", "on"])
+def test_two_process_ddp_run_trains_and_rank0_saves(tmp_path: Path, packing: str) -> None:
     catalog = small_catalog()
     corpus = write_small_corpus(tmp_path / "corpus", catalog)
     config = tiny_config(write_tiny_base(tmp_path / "base"), corpus, tmp_path / "model",
-                         max_steps=3, batch_size=4, grad_accum=2, eval_interval=3)
+                         max_steps=3, batch_size=4, grad_accum=2, eval_interval=3,
+                         packing=packing)
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config.to_dict()))
     script = tmp_path / "run.py"
@@ -52,6 +55,8 @@ def test_two_process_ddp_run_trains_and_rank0_saves(tmp_path: Path) -> None:
                if "RESULT " in line]
     assert sorted(r["saved"] for r in results) == [False, True]  # rank 0 only
     assert all(r["steps"] == 3 for r in results)
+    assert all(r["throughput"]["packing"] == (packing == "on") for r in results)
+    assert all(r["throughput"]["world_size"] == 2 for r in results)
     assert (tmp_path / "model" / "radproto_model.json").is_file()
     state = torch.load(tmp_path / "model" / "checkpoint" / "state.pt", weights_only=False)
     # 2 ranks x 2 micro-batches per step: 3 steps consumed 12 micro-batches of the epoch.

@@ -151,6 +151,29 @@ def test_lora_on_top_layers_only_freezes_the_rest(assets: dict, tmp_path: Path) 
     assert trainable and all(".layers.1." in n for n in trainable)
 
 
+def test_packed_training_follows_the_padded_run(assets: dict, tmp_path: Path) -> None:
+    """Packing changes the layout, not the run: same examples per step, same losses, same
+    LoRA weights (float32 on CPU), and the saved model scores as the service would."""
+    runs = {}
+    for packing in ("off", "on"):
+        out = tmp_path / packing
+        config = tiny_config(assets["base"], assets["corpus"], out, max_steps=4,
+                             eval_interval=1, packing=packing, lora_dropout=0.0)
+        result = train(config, assets["catalog"], progress=False)
+        runs[packing] = (result, _state(out))
+    (padded, padded_state), (packed, packed_state) = runs["off"], runs["on"]
+    assert padded.throughput["packing"] is False and packed.throughput["packing"] is True
+    assert packed.throughput["tokens"] == padded.throughput["tokens"] > 0
+    losses = [h["val_loss"] for h in padded_state["history"]]
+    assert len(losses) == 5 and losses[-1] < losses[0]  # it learned something
+    assert [h["val_loss"] for h in packed_state["history"]] == pytest.approx(losses, rel=1e-4)
+    for name, tensor in padded_state["lora"].items():
+        torch.testing.assert_close(packed_state["lora"][name], tensor, rtol=1e-3, atol=1e-5)
+    assert packed.temperature == pytest.approx(padded.temperature, rel=1e-3)
+    record = json.loads((tmp_path / "on" / "radproto_model.json").read_text())
+    assert record["metadata"]["train"]["throughput"]["packing"] is True
+
+
 def test_auto_precision_uses_bf16_only_where_the_cpu_has_it() -> None:
     from radproto.training.finetune import cpu_has_native_bf16, resolve_precision
 
@@ -210,6 +233,11 @@ def test_set_overrides_are_typed_and_checked() -> None:
                              ["learning_rate=3e-4", "group_by_length=false", "lora_layers=4"])
     assert (config.learning_rate, config.group_by_length, config.lora_layers) == \
         (3e-4, False, 4)
+    # YAML reads on/off as booleans; the auto|on|off fields take them as written
+    config = apply_overrides(config, ["packing=on", "gradient_checkpointing=off"])
+    assert (config.packing, config.gradient_checkpointing) == ("on", "off")
+    with pytest.raises(ConfigError, match=r"precision.*not 'on'"):
+        apply_overrides(config, ["precision=on"])
     with pytest.raises(ConfigError, match="unknown field"):
         apply_overrides(config, ["no_such_field=1"])
     with pytest.raises(ConfigError, match="batch_size"):

@@ -49,6 +49,10 @@ class TrainConfig:
     precision: str = _f("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16, "
                                 "else fp32), fp32 or bf16")
     gradient_checkpointing: str = _f("auto", "auto (on for CUDA), on or off")
+    packing: str = _f("auto", "auto (on for CUDA), on or off: each micro-batch as one row "
+                      "without padding (attention bounded per example), frozen weights in the "
+                      "compute dtype and LoRA without float32 round trips; same examples, "
+                      "same loss")
     cache_dir: str = _f("", "where the dequantized embedded model is cached "
                         "(default ~/.cache/radproto)")
     # -- data ----------------------------------------------------------------------------
@@ -105,6 +109,7 @@ class TrainConfig:
             "quantization": ("auto", "none", "nf4"),
             "precision": ("auto", "fp32", "bf16"),
             "gradient_checkpointing": ("auto", "on", "off"),
+            "packing": ("auto", "on", "off"),
             "lr_schedule": ("cosine", "linear", "constant"),
             "optimizer": ("auto", "adamw", "paged_adamw_8bit"),
         }
@@ -197,6 +202,8 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     if kind is str:
         if value is None:
             return ""
+        if isinstance(value, bool):  # YAML 1.1 reads the on/off of auto|on|off as booleans
+            return "on" if value else "off"
         if isinstance(value, dict | list):
             raise ConfigError(f"must be text, not {type(value).__name__}", field=name)
         return str(value)

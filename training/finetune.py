@@ -69,6 +69,7 @@ class TrainResult:
     model_uri: str = ""
     registered_uri: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    throughput: dict[str, Any] = field(default_factory=dict)  # see Trainer.throughput
 
 
 # ============================================================================ data
@@ -228,12 +229,14 @@ def add_lora_layers(model: Any, config: TrainConfig) -> Any:
         raise ModelError(f"cannot add LoRA to the model: {exc}") from exc
 
 
-def _loss_module(model: Any) -> Any:
+def _loss_module(model: Any, *, packed: bool) -> Any:
     """Mean cross-entropy over the label tokens, the LM head applied at those positions only
-    (a torch Module, so DDP can wrap the whole loss forward)."""
+    (a torch Module, so DDP can wrap the whole loss forward). `packed`: the micro-batch comes
+    as one padding-free row (fast_train.packed_label_loss), else as a padded batch."""
     import torch
     import torch.nn.functional as F
 
+    from radproto.model.fast_train import packed_label_loss
     from radproto.model.scoring import split_model
 
     class _LabelLoss(torch.nn.Module):
@@ -251,7 +254,13 @@ def _loss_module(model: Any) -> Any:
             logits = head(rows).float()
             return F.cross_entropy(logits, targets[keep])
 
-    return _LabelLoss(model)
+    class _PackedLabelLoss(_LabelLoss):
+        def forward(self, input_ids: Any, position_ids: Any, targets: Any, cu_seqlens: Any,
+                    positions: Any, max_seqlen: int) -> Any:
+            return packed_label_loss(self.inner, input_ids, position_ids, targets, cu_seqlens,
+                                     max_seqlen, positions)
+
+    return (_PackedLabelLoss if packed else _LabelLoss)(model)
 
 
 def _trainable(model: Any) -> dict[str, Any]:
@@ -386,7 +395,10 @@ class Trainer:
         self.model_config = model_config_for(config)
         model, tokenizer = load_base_model(self.model_config, self.device,
                                            cache_dir=default_cache_dir(config))
-        if getattr(model, "is_loaded_in_4bit", False):
+        self.packing = config.packing == "on" or (config.packing == "auto" and on_cuda)
+        if getattr(model, "is_loaded_in_4bit", False) and not self.packing:
+            # (the packed path keeps the frozen floats in the compute dtype instead of the
+            # float32 this casts them to; non-reentrant checkpointing needs no input grads)
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(
@@ -398,13 +410,21 @@ class Trainer:
             model.get_base_model().gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        if self.packing:
+            from radproto.model import fast_train
+            from radproto.model.loading import resolve_dtype
+
+            fast_train.register_varlen_attention()
+            self._attention = fast_train.set_attention(model, fast_train.VARLEN_ATTENTION)
+            fast_train.cast_frozen_floats(model, resolve_dtype(self.model_config, self.device))
+            fast_train.lean_lora(model)
         self.model, self.tokenizer = model, tokenizer
         self.train_examples = [encode_example(tokenizer, r, r["label"], config.max_length)
                                for r in self.train_rows]
         self.val_examples = [encode_example(tokenizer, r, r["label"], config.max_length)
                              for r in self.val_rows]
         self.lengths = [len(e["input_ids"]) for e in self.train_examples]
-        self.loss_module = _loss_module(model)
+        self.loss_module = _loss_module(model, packed=self.packing)
         self.wrapped = self.loss_module
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -440,6 +460,9 @@ class Trainer:
         self.train_seconds = 0.0
         self.budget_seconds = config.time_budget_minutes * 60  # 0: none; run() may lower it
         self.eval_seconds = 0.0  # the last validation pass's duration
+        # throughput of this process's steps (not checkpointed: a resumed run counts anew)
+        self.tokens_trained = 0
+        self.step_seconds = 0.0
         self.history: list[dict[str, float]] = []
         self.run_id = ""
         random.seed(config.seed)
@@ -464,6 +487,7 @@ class Trainer:
             **config.to_dict(), "n_train": len(self.train_examples),
             "n_val": len(self.val_examples), "world_size": self.dist.world,
             "device": self.device, "resolved_precision": self.precision,
+            "resolved_packing": self.packing,
             "resolved_optimizer": self.optimizer_kind, "max_steps_resolved": self.max_steps,
             "catalog_version": self.catalog.version,
             "trainable_params": sum(p.numel() for p in params),
@@ -546,6 +570,27 @@ class Trainer:
         self.position += need
         return chunk[self.dist.rank::world]
 
+    def _micro_loss(self, module: Any, examples: Sequence[dict[str, Any]]
+                    ) -> tuple[Any, int, int]:
+        """(mean label-token loss, label tokens, real tokens) of one micro-batch through
+        `module` (the loss module or its DDP wrapper), packed or padded."""
+        real_tokens = sum(len(e["input_ids"]) for e in examples)
+        if self.packing:
+            from radproto.model.fast_train import label_positions
+            from radproto.training.packing import pack_examples
+
+            packed = pack_examples(examples)
+            positions = label_positions(packed)
+            row = packed.to(self.device)
+            loss = module(input_ids=row.input_ids, position_ids=row.position_ids,
+                          targets=row.targets, cu_seqlens=row.cu_seqlens,
+                          positions=positions.to(self.device), max_seqlen=row.max_seqlen)
+            return loss, packed.n_label_tokens, real_tokens
+        batch = collate(examples, self.tokenizer.pad_token_id)
+        n_labels = int((batch["labels"][:, 1:] != -100).sum())
+        loss = module(**{k: v.to(self.device) for k, v in batch.items()})
+        return loss, n_labels, real_tokens
+
     def validation_loss(self) -> float:
         """Mean label-token loss over the validation subset (shared out over the ranks)."""
         import torch
@@ -557,15 +602,29 @@ class Trainer:
         size = self.config.batch_size * 2
         with torch.no_grad(), self._autocast():
             for start in range(0, len(mine), size):
-                batch = collate([self.val_examples[i] for i in mine[start:start + size]],
-                                self.tokenizer.pad_token_id)
-                n_tokens = int((batch["labels"][:, 1:] != -100).sum())
-                loss = self.loss_module(**{k: v.to(self.device) for k, v in batch.items()})
-                total += float(loss) * n_tokens
-                count += n_tokens
+                examples = [self.val_examples[i] for i in mine[start:start + size]]
+                loss, n_labels, _ = self._micro_loss(self.loss_module, examples)
+                total += float(loss) * n_labels
+                count += n_labels
         self.model.train()
         total, count = _all_sum([total, float(count)], self.dist)
         return total / max(count, 1.0)
+
+    def throughput(self) -> dict[str, Any]:
+        """Real (non-padding) training tokens per second of optimizer steps (validation
+        excluded), over all ranks, and the peak GPU memory of this process."""
+        import torch
+
+        figures: dict[str, Any] = {
+            "packing": self.packing, "world_size": self.dist.world,
+            "tokens": self.tokens_trained * self.dist.world,
+            "tokens_per_second": round(self.tokens_trained * self.dist.world
+                                       / max(self.step_seconds, 1e-9), 1),
+        }
+        if self.device.startswith("cuda"):
+            figures["peak_gpu_memory_gb"] = round(
+                torch.cuda.max_memory_allocated(self.device) / 1e9, 3)
+        return figures
 
     def _progress(self) -> float:
         by_steps = self.step / self.max_steps
@@ -579,7 +638,7 @@ class Trainer:
         from radproto.model.classifier import ProtocolClassifier
 
         return ProtocolClassifier(self.model, self.tokenizer, self.catalog,
-                                  config=self.model_config,
+                                  config=self.model_config, cuda_graphs=False,
                                   abstain_threshold=self.config.abstain_threshold)
 
     def _fit_wall_budget(self) -> None:
@@ -643,6 +702,7 @@ class Trainer:
         self._start_step, self._start_seconds = self.step, self.train_seconds
         stopped = "max_steps"
         window_loss, window_steps, window_examples, window_start = 0.0, 0, 0, time.perf_counter()
+        window_tokens = 0
         try:
             if self.step == 0 and self.best_state is None:
                 self._evaluate_and_checkpoint()  # the baseline every later eval must beat
@@ -655,22 +715,25 @@ class Trainer:
                 # -- forward / backward --------------------------------------------------
                 micro = self._next_micro_batches()
                 step_loss = 0.0
+                step_start = time.perf_counter()
                 for index, batch_ids in enumerate(micro):
-                    batch = collate([self.train_examples[i] for i in batch_ids],
-                                    self.tokenizer.pad_token_id)
                     sync = index == len(micro) - 1
                     ctx = self.wrapped.no_sync() if (self.dist.world > 1 and not sync) \
                         else contextlib.nullcontext()
                     with ctx, self._autocast():
-                        loss = self.wrapped(**{k: v.to(self.device) for k, v in batch.items()})
+                        loss, _, real_tokens = self._micro_loss(
+                            self.wrapped, [self.train_examples[i] for i in batch_ids])
                         scaled = loss / len(micro)
                     scaled.backward()
                     step_loss += float(loss.detach()) / len(micro)
                     window_examples += len(batch_ids)
+                    window_tokens += real_tokens
+                    self.tokens_trained += real_tokens
                 if config.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                self.step_seconds += time.perf_counter() - step_start
                 if not math.isfinite(step_loss):
                     raise ModelError(f"training loss is {step_loss} at step {self.step}")
                 self.step += 1
@@ -685,9 +748,11 @@ class Trainer:
                     self.tracker.log_metrics({
                         "train_loss": window_loss / window_steps, "lr": lr,
                         "examples_per_s": window_examples * self.dist.world / max(elapsed, 1e-9),
+                        # real (non-padding) tokens, all ranks (each rank's share is alike)
+                        "tokens_per_s": window_tokens * self.dist.world / max(elapsed, 1e-9),
                         "epoch": self.epoch + self.position / max(len(self._batches), 1),
                     }, step=self.step)
-                    window_loss, window_steps, window_examples = 0.0, 0, 0
+                    window_loss, window_steps, window_examples, window_tokens = 0.0, 0, 0, 0
                     window_start = time.perf_counter()
                 # -- eval + checkpoint, stop ---------------------------------------------
                 now = time.perf_counter()
@@ -736,10 +801,15 @@ class Trainer:
 
         if self.best_state is not None:
             _load_lora_state(self.model, self.best_state)
+        if self.packing:  # score with the attention the service uses
+            from radproto.model.fast_train import set_attention
+
+            set_attention(self.model, self._attention)
         self.model.eval()
         result = TrainResult(model_dir=None, steps=self.step, stopped=self.stopped,
                              best_val_loss=self.best_val, temperature=1.0,
-                             seconds=time.perf_counter() - self.started, run_id=self.run_id)
+                             seconds=time.perf_counter() - self.started, run_id=self.run_id,
+                             throughput=self.throughput())
         if not self.dist.main:
             return result
         classifier = self._classifier()
@@ -760,6 +830,7 @@ class Trainer:
                       "budget_seconds": round(self.budget_seconds, 3),
                       "n_train": len(self.train_examples), "n_val": len(self.val_examples),
                       "lora_layers": self.config.lora_layers, "run_id": self.run_id,
+                      "throughput": result.throughput,
                       "calibration": {"method": "temperature scaling",
                                       "fitted_on": f"{len(calib_rows)} validation orders",
                                       "temperature": classifier.temperature}},
@@ -917,6 +988,11 @@ def train_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
     print(f"steps: {result.steps} ({result.stopped}); best validation loss "
           f"{result.best_val_loss:.4f}; temperature {result.temperature:.3f}; "
           f"{result.seconds / 60:.1f} min")
+    speed = result.throughput
+    print(f"training: {speed['tokens_per_second']:.0f} real tokens/s over "
+          f"{speed['world_size']} process(es), packing {'on' if speed['packing'] else 'off'}"
+          + (f", peak GPU memory {speed['peak_gpu_memory_gb']:.2f} GB"
+             if "peak_gpu_memory_gb" in speed else ""))
     wanted = ("top1", "top3", "coverage_at_95", "ece", "baseline_top1")
     print("validation: " + ", ".join(f"{k} {result.metrics[k]:.3f}" for k in wanted
                                      if k in result.metrics))
