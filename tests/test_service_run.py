@@ -43,6 +43,12 @@ def test_precedence_flags_env_file(tmp_path, monkeypatch):
     assert s.security.retention_days == 30 and s.security.log_format == "text"
 
 
+def test_the_documented_example_config_loads():
+    example = Path(__file__).resolve().parents[1] / "docs" / "radproto.example.yaml"
+    s = load_settings(example)
+    assert s.scoring_batch_tokens == 4096 and s.compile_kernels is False
+
+
 def test_bad_config_file_names_line_and_field(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("host: 127.0.0.1\n# comment\nmllp_port: not-a-port\n")
