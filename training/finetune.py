@@ -333,13 +333,21 @@ _FINISH_SECONDS = 45.0  # saving, the validation report's baseline and MLflow lo
 
 
 def _all_sum(values: list[float], dist_info: Dist) -> list[float]:
+    return _all_reduce(values, dist_info, "SUM")
+
+
+def _all_max(values: list[float], dist_info: Dist) -> list[float]:
+    return _all_reduce(values, dist_info, "MAX")
+
+
+def _all_reduce(values: list[float], dist_info: Dist, op: str) -> list[float]:
     if dist_info.world <= 1:
         return values
     import torch
     import torch.distributed as dist
 
     tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor)
+    dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
     return tensor.tolist()
 
 
@@ -758,6 +766,11 @@ class Trainer:
                 now = time.perf_counter()
                 self.train_seconds += now - clock
                 clock = now
+                if self.dist.world > 1:
+                    # One clock for all ranks: the schedule's time progress and the stop
+                    # below must agree, or the ranks' weights drift and a collective hangs.
+                    self.train_seconds, self.eval_seconds = _all_max(
+                        [self.train_seconds, self.eval_seconds], self.dist)
                 budget = self.budget_seconds
                 # Stop one mean step early rather than one step late.
                 mean_step = (self.train_seconds - self._start_seconds) / max(
