@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from radproto.model.errors import ModelError
-from radproto.model.scoring import ProtocolTrie, _mask_capable_attention, split_model
+from radproto.model.scoring import (
+    ProtocolTrie,
+    _mask_capable_attention,
+    logit_softcap,
+    next_token_log_probs,
+    split_model,
+)
 
 
 @dataclass(frozen=True)
@@ -120,10 +126,7 @@ class BoundedScorer:
         if not 0 <= self.tolerance < 1:
             raise ModelError(f"the scoring tolerance must be in [0, 1), not {self.tolerance}")
         self._index = _TreeIndex.build(self.trie)
-        backbone, _ = split_model(self.model)
-        # e.g. Gemma 2 caps its logits; the forward pass would too
-        self._softcap = getattr(getattr(backbone, "config", None), "final_logit_softcapping",
-                                None)
+        self._softcap = logit_softcap(self.model)
         self.passes: list[int] = []  # passes run per batch (for benchmarks)
         self.nodes_run: list[int] = []  # tree nodes run per order (for benchmarks)
 
@@ -260,15 +263,8 @@ class BoundedScorer:
         for r, (_, n) in enumerate(pairs):
             toks = index.next_tokens[n + 1]
             wanted[r, : toks.size] = torch.from_numpy(toks)
-        wanted = wanted.to(rows.device)
-        picked = []
-        for start in range(0, rows.shape[0], 1024):
-            logits = head(rows[start : start + 1024]).float()
-            if self._softcap:
-                logits = torch.tanh(logits / self._softcap) * self._softcap
-            norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-            picked.append(logits.gather(1, wanted[start : start + 1024]) - norm)
-        values = torch.cat(picked).double().cpu().numpy()
+        values = next_token_log_probs(head, rows, wanted.to(rows.device),
+                                      softcap=self._softcap).double().cpu().numpy()
         for r, (b, n) in enumerate(pairs):
             state = states[b]
             base = 0.0 if n < 0 else state.node_lp[n]

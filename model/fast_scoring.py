@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 
 from radproto.model.errors import ModelError
-from radproto.model.scoring import ProtocolTrie, split_model
-
-# Rows of the vocabulary projection at a time. With 2048 rows the float32 logits, their exp
-# and the bf16 copy came near 1 GB at a 7B serving batch's peak (49k vocabulary); 512: 0.25.
-_HEAD_CHUNK = 512
+from radproto.model.scoring import (
+    ProtocolTrie,
+    logit_softcap,
+    next_token_log_probs,
+    split_model,
+)
 
 
 @dataclass
@@ -48,29 +49,16 @@ class TriePlan:
     def build(cls, trie: ProtocolTrie, device: Any, dtype: Any) -> TriePlan:
         import torch
 
-        sources = np.unique(trie.step_source)
-        row_of = {int(s): u for u, s in enumerate(sources)}
-        children: list[list[int]] = [[] for _ in sources]
-        slots = []
-        for src, tok in zip(trie.step_source, trie.step_token, strict=True):
-            u = row_of[int(src)]
-            if int(tok) not in children[u]:
-                children[u].append(int(tok))
-            slots.append((u, children[u].index(int(tok))))
-        width = max(len(c) for c in children)
-        child = np.zeros((len(sources), width), dtype=np.int64)
-        for u, toks in enumerate(children):
-            child[u, : len(toks)] = toks
-        flat = np.array([u * width + c for u, c in slots], dtype=np.int64)
-        to_protocol = np.zeros((len(flat), trie.n_protocols), dtype=np.float32)
-        to_protocol[np.arange(len(flat)), trie.step_protocol] = 1.0
+        layout = trie.layout
+        to_protocol = np.zeros((len(layout.step_slot), trie.n_protocols), dtype=np.float32)
+        to_protocol[np.arange(len(layout.step_slot)), trie.step_protocol] = 1.0
         return cls(
             node_tokens=torch.from_numpy(trie.node_tokens).to(device),
             node_depth=torch.from_numpy(trie.node_depth).to(device),
             ancestors=torch.from_numpy(trie.ancestors).to(device),
-            sources=torch.from_numpy(sources).to(device),
-            child_tokens=torch.from_numpy(child).to(device),
-            step_slot=torch.from_numpy(flat).to(device),
+            sources=torch.from_numpy(layout.sources).to(device),
+            child_tokens=torch.from_numpy(layout.child_tokens).to(device),
+            step_slot=torch.from_numpy(layout.step_slot).to(device),
             step_to_protocol=torch.from_numpy(to_protocol).to(device),
             n_protocols=trie.n_protocols,
             n_nodes=trie.n_nodes,
@@ -124,14 +112,9 @@ def trie_forward(model: Any, plan: TriePlan, input_ids: Any, lengths: Any,
     # source 0 is each order's last prompt token, source 1 + i is trie node i
     index = torch.where(src[None, :] == 0, (lengths - 1)[:, None], width + src[None, :] - 1)
     rows = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, U, H]
-    flat = rows.reshape(-1, rows.shape[-1])
-    child = plan.child_tokens.repeat(n_orders, 1)  # [B*U, C]
-    picked = torch.empty(child.shape, dtype=torch.float32, device=ids.device)
-    for start in range(0, flat.shape[0], _HEAD_CHUNK):
-        logits = head(flat[start:start + _HEAD_CHUNK]).float()
-        log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-        picked[start:start + _HEAD_CHUNK] = (
-            logits.gather(1, child[start:start + _HEAD_CHUNK]) - log_norm)
+    picked = next_token_log_probs(head, rows.reshape(-1, rows.shape[-1]),
+                                  plan.child_tokens.repeat(n_orders, 1),  # [B*U, C]
+                                  softcap=logit_softcap(model))
     steps = picked.reshape(n_orders, -1).index_select(1, plan.step_slot)  # [B, S]
     return steps @ plan.step_to_protocol  # [B, P]
 

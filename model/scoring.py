@@ -14,13 +14,24 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from radproto.model.errors import ModelError
 
-_LM_HEAD_CHUNK = 512  # rows of the vocabulary projection at a time (bounds memory)
+# Rows of the vocabulary projection at a time. On a 7B serving batch 2048 rows (float32
+# logits, their exp, the bf16 copy; 49k vocabulary) came near 1 GB at the peak; 512: 0.25.
+LM_HEAD_CHUNK = 512
+
+
+class NextTokenLayout(NamedTuple):
+    """Which tokens each source row predicts, as a padded matrix (the head's gather)."""
+
+    sources: np.ndarray  # [U] source rows that predict something: 0 = prompt, 1 + i = node i
+    child_tokens: np.ndarray  # [U, C] the tokens predicted from each source (0-padded)
+    step_slot: np.ndarray  # [n_steps] flat index u * C + c of each step in that matrix
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,24 @@ class ProtocolTrie:
     @property
     def n_nodes(self) -> int:
         return int(self.node_tokens.shape[0])
+
+    @cached_property
+    def layout(self) -> NextTokenLayout:
+        sources = np.unique(self.step_source)
+        row_of = {int(src): u for u, src in enumerate(sources)}
+        children: list[list[int]] = [[] for _ in sources]
+        slots = []
+        for src, tok in zip(self.step_source, self.step_token, strict=True):
+            u = row_of[int(src)]
+            if int(tok) not in children[u]:
+                children[u].append(int(tok))
+            slots.append((u, children[u].index(int(tok))))
+        width = max(len(c) for c in children)
+        child = np.zeros((len(sources), width), dtype=np.int64)
+        for u, toks in enumerate(children):
+            child[u, : len(toks)] = toks
+        flat = np.array([u * width + c for u, c in slots], dtype=np.int64)
+        return NextTokenLayout(sources, child, flat)
 
     @classmethod
     def build(cls, sequences: Sequence[Sequence[int]]) -> ProtocolTrie:
@@ -94,6 +123,29 @@ def split_model(model: Any) -> tuple[Any, Any]:
     if backbone is None or head is None:
         raise ModelError(f"cannot find the decoder and LM head of {type(base).__name__}")
     return backbone, head
+
+
+def logit_softcap(model: Any) -> float | None:
+    """The model's final logit soft-cap (Gemma 2 style), which its forward pass applies."""
+    backbone, _ = split_model(model)
+    return getattr(getattr(backbone, "config", None), "final_logit_softcapping", None)
+
+
+def next_token_log_probs(head: Any, rows: Any, wanted: Any, *, softcap: float | None = None,
+                         chunk: int = LM_HEAD_CHUNK) -> Any:
+    """[R, C] float32 log p(wanted[r, c] | hidden row r): the vocabulary projection, the
+    soft-cap and the log-normaliser, `chunk` rows at a time (one [chunk, vocab] float32
+    block is the largest tensor). Every scoring path reads its probabilities here."""
+    import torch
+
+    out = torch.empty(wanted.shape, dtype=torch.float32, device=rows.device)
+    for start in range(0, rows.shape[0], chunk):
+        logits = head(rows[start:start + chunk]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+        out[start:start + chunk] = logits.gather(1, wanted[start:start + chunk]) - norm
+    return out
 
 
 @contextmanager
@@ -180,31 +232,15 @@ def _trie_log_probs(
         ).last_hidden_state  # [B, total, H]
     last = hidden[torch.arange(n_orders, device=device), (lengths - 1).to(device)]
     sources = torch.cat([last[:, None, :], hidden[:, width:, :]], dim=1)  # [B, 1+N, H]
-
-    step_source = torch.from_numpy(trie.step_source).to(device)
-    step_token = torch.from_numpy(trie.step_token).to(device)
-    used = torch.unique(step_source)  # every source row predicts at least one token
-    row_of = torch.full((n_nodes + 1,), -1, dtype=torch.long, device=device)
-    row_of[used] = torch.arange(used.numel(), device=device)
-    step_rows = row_of[step_source]
-    softcap = getattr(getattr(backbone, "config", None), "final_logit_softcapping", None)
-    out = np.empty((n_orders, trie.n_protocols), dtype=np.float64)
-    owners = torch.from_numpy(trie.step_protocol)
-    for b in range(n_orders):
-        rows = sources[b, used]
-        step_lp = torch.empty(step_rows.numel(), dtype=torch.float32, device=device)
-        for start in range(0, rows.shape[0], _LM_HEAD_CHUNK):
-            chunk = head(rows[start : start + _LM_HEAD_CHUNK]).float()
-            if softcap:  # e.g. Gemma 2 caps its logits; the forward pass would too
-                chunk = torch.tanh(chunk / softcap) * softcap
-            log_norm = torch.logsumexp(chunk, dim=-1)
-            in_chunk = (step_rows >= start) & (step_rows < start + chunk.shape[0])
-            local = step_rows[in_chunk] - start
-            step_lp[in_chunk] = chunk[local, step_token[in_chunk]] - log_norm[local]
-        totals = torch.zeros(trie.n_protocols, dtype=torch.float64)
-        totals.index_add_(0, owners, step_lp.double().cpu())
-        out[b] = totals.numpy()
-    return out
+    layout = trie.layout
+    used = torch.from_numpy(layout.sources).to(device)
+    rows = sources[:, used].reshape(-1, sources.shape[-1])  # [B*U, H]
+    wanted = torch.from_numpy(layout.child_tokens).to(device).repeat(n_orders, 1)
+    picked = next_token_log_probs(head, rows, wanted, softcap=logit_softcap(model))
+    steps = picked.reshape(n_orders, -1)[:, torch.from_numpy(layout.step_slot).to(device)]
+    totals = torch.zeros((n_orders, trie.n_protocols), dtype=torch.float64)
+    totals.index_add_(1, torch.from_numpy(trie.step_protocol), steps.double().cpu())
+    return totals.numpy()
 
 
 def naive_log_probs(

@@ -98,3 +98,31 @@ def test_lean_lora_scoring_equals_peft_scoring_and_is_undone():
     lean = FastScorer(model, trie, pad_token_id=0).log_probs(batch)
     np.testing.assert_allclose(lean, plain, rtol=1e-5, atol=1e-5)
     assert fast_train.plain_lora(model) == fast_train.lean_lora(model)
+
+
+def test_every_path_applies_the_models_logit_softcap():
+    """Gemma 2 caps its final logits in its forward pass; the scorers read the head
+    themselves, so each must cap too (one shared helper does)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from radproto.model.bounded_scoring import BoundedScorer
+
+    torch.manual_seed(0)
+    config = Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                          vocab_size=97, max_position_embeddings=256,
+                          final_logit_softcapping=3.0, attn_logit_softcapping=None,
+                          sliding_window=128, attn_implementation="sdpa")
+    model = Gemma2ForCausalLM(config).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    trie = ProtocolTrie.build(TARGETS)
+    batch = prompts(3, 6)
+    naive = np.stack([naive_log_probs(model, p, TARGETS) for p in batch])
+    assert np.abs(naive).mean() > 5  # capped logits, far from a uniform guess
+    np.testing.assert_allclose(trie_log_probs(model, batch, trie, pad_token_id=0), naive,
+                               atol=1e-4)
+    np.testing.assert_allclose(FastScorer(model, trie, 0).log_probs(batch), naive, atol=1e-4)
+    bounded = BoundedScorer(model, trie, 0, tolerance=0.0).log_probs(batch)
+    np.testing.assert_allclose(bounded, naive, atol=1e-4)
