@@ -50,7 +50,7 @@ class ServiceContext:
     store: Store
     catalog: Catalog
     classifier: Classifier | None = None
-    model_status: str = "loading"  # loading | ready | failed
+    model_status: str = "loading"  # loading | ready | failed | paused (shutdown mid-training)
     model_error: str = ""
     model_uri: str = ""
     worker: Worker | None = None

@@ -66,8 +66,10 @@ def _check_security(settings: ServiceSettings) -> None:
         raise exc
 
 
-def load_default_classifier(settings: ServiceSettings, catalog: Any) -> tuple[Classifier, str]:
-    """The configured model, or the default one (trained first if the registry has none)."""
+def load_default_classifier(settings: ServiceSettings, catalog: Any, *,
+                            stop: threading.Event | None = None) -> tuple[Classifier, str]:
+    """The configured model, or the default one (trained first if the registry has none;
+    `stop` set pauses that training at a checkpoint: TrainingInterrupted)."""
     from radproto.model.classifier import load_classifier
 
     uri = settings.model
@@ -77,7 +79,7 @@ def load_default_classifier(settings: ServiceSettings, catalog: Any) -> tuple[Cl
         print("radproto: preparing the default model (trained on first run; this can take "
               "a while, progress follows)", file=sys.stderr, flush=True)
         uri = ensure_default_model(tracking_uri=settings.tracking_uri, catalog=catalog,
-                                   work_dir=settings.data_dir / "default-model")
+                                   work_dir=settings.data_dir / "default-model", stop=stop)
     classifier = load_classifier(uri, catalog=catalog, tracking_uri=settings.tracking_uri)
     classifier.scoring_tolerance = settings.scoring_tolerance
     classifier.cuda_batch_tokens = settings.scoring_batch_tokens
@@ -103,6 +105,7 @@ class Service:
         self.app: Any = None
         self._tasks: list[asyncio.Task] = []
         self._model_thread: threading.Thread | None = None
+        self._model_stop = threading.Event()  # set on stop: first-run training pauses
         self.http_port: int | None = None
 
     async def start(self) -> ServiceContext:
@@ -169,9 +172,17 @@ class Service:
                           ssl_context=context)
 
     def _load_model(self, ctx: ServiceContext, loop: asyncio.AbstractEventLoop) -> None:
+        from radproto.training.finetune import TrainingInterrupted
+
         started = time.perf_counter()
         try:
-            classifier, uri = load_default_classifier(self.settings, ctx.catalog)
+            classifier, uri = load_default_classifier(self.settings, ctx.catalog,
+                                                      stop=self._model_stop)
+        except TrainingInterrupted:
+            ctx.model_status = "paused"
+            log_event(log, "model_training_paused",
+                      hint="checkpointed; the next start resumes the training")
+            return
         except Exception as exc:
             ctx.model_status, ctx.model_error = "failed", f"{type(exc).__name__}: {exc}"[:500]
             log_event(log, "model_failed", logging.ERROR, error=ctx.model_error)
@@ -249,6 +260,10 @@ class Service:
             await ctx.listener.stop()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+        self._model_stop.set()
+        if self._model_thread is not None and self._model_thread.is_alive():
+            # a first-run training stops after its current step and checkpoints
+            await asyncio.to_thread(self._model_thread.join, self.settings.shutdown_grace_s)
         if ctx.worker is not None:
             await asyncio.to_thread(ctx.worker.stop)
         if ctx.relay is not None:

@@ -113,3 +113,35 @@ def test_ensure_default_model_returns_the_registered_champion(trained: dict,
                                work_dir=tmp_path, progress=False)
     assert uri == "models:/radproto@champion"
     assert not any(tmp_path.iterdir())
+
+
+def test_default_model_training_pauses_at_a_checkpoint_and_resumes(tmp_path: Path) -> None:
+    """The service stopping during the first-run training: the step in progress ends, a
+    checkpoint is written, and the next start resumes it to a registered champion."""
+    import threading
+
+    import torch
+
+    from radproto.training.finetune import (
+        CHECKPOINT_DIR,
+        CHECKPOINT_FILE,
+        TrainingInterrupted,
+        ensure_default_model,
+    )
+
+    catalog = small_catalog()
+    write_small_corpus(tmp_path / "work" / "corpus", catalog)  # no full corpus to generate
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    stop = threading.Event()
+    stop.set()  # asked before the first step ends: exactly one step is trained
+    with pytest.raises(TrainingInterrupted):
+        ensure_default_model(tracking_uri=uri, catalog=catalog, work_dir=tmp_path / "work",
+                             progress=False, stop=stop)
+    checkpoint = tmp_path / "work" / "model" / CHECKPOINT_DIR / CHECKPOINT_FILE
+    assert torch.load(checkpoint, weights_only=False)["step"] == 1
+    assert not registry_has("models:/radproto@champion", tracking_uri=uri)
+
+    assert ensure_default_model(tracking_uri=uri, catalog=catalog, work_dir=tmp_path / "work",
+                                progress=False) == "models:/radproto@champion"
+    assert registry_has("models:/radproto@champion", tracking_uri=uri)
+    assert torch.load(checkpoint, weights_only=False)["step"] == 3  # 96 orders / 32 a step

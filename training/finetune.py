@@ -25,6 +25,7 @@ import math
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -1017,9 +1018,12 @@ def train_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
 
 
 def ensure_default_model(*, tracking_uri: str, catalog: Catalog, work_dir: str | Path,
-                         progress: bool = True) -> str:
+                         progress: bool = True, stop: threading.Event | None = None) -> str:
     """"models:/radproto@champion" once the registry holds it, training it first if needed
-    (the default-cpu preset on the synthetic corpus, generated into work_dir)."""
+    (the default-cpu preset on the synthetic corpus, generated into work_dir).
+
+    `stop` set (the service is shutting down): training checkpoints after the step it is in
+    and raises TrainingInterrupted; the next call resumes from that checkpoint."""
     from radproto.training.tracking import registry_has
 
     uri = f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
@@ -1036,7 +1040,11 @@ def ensure_default_model(*, tracking_uri: str, catalog: Catalog, work_dir: str |
         data=[str(corpus_dir)], out_dir=str(work_dir / "model"), tracking_uri=tracking_uri,
         register_name=DEFAULT_MODEL_NAME, alias=DEFAULT_ALIAS)
     resume = (work_dir / "model" / CHECKPOINT_DIR / CHECKPOINT_FILE).is_file()
-    result = train(config, catalog, resume=resume, progress=progress)
+    def stop_when_asked(step: int, trainer: Trainer) -> None:
+        if stop is not None and stop.is_set():
+            trainer.request_stop()
+
+    result = train(config, catalog, resume=resume, progress=progress, on_step=stop_when_asked)
     return result.registered_uri or uri
 
 
