@@ -192,6 +192,15 @@ def test_auto_precision_uses_bf16_only_where_the_cpu_has_it() -> None:
     assert resolve_precision("bf16", "cpu") == "bf16"
 
 
+def test_every_shipped_preset_loads() -> None:
+    from radproto.training.config import preset_names
+
+    assert {"default-cpu", "tiny-test", "gpu-7b"} <= set(preset_names())
+    configs = {name: load_preset(name) for name in preset_names()}
+    gpu = configs["gpu-7b"]
+    assert (gpu.packing, gpu.quantization, gpu.batch_size) == ("auto", "auto", 32)
+
+
 def test_schedule_warms_up_then_decays() -> None:
     config = load_preset("default-cpu").replace(warmup_steps=10, learning_rate=1e-3,
                                                 min_lr_ratio=0.1)
