@@ -6,7 +6,9 @@
 The loss covers the protocol tokens and EOS only (labels are -100 on the prompt, from
 `encode_example`), and the vocabulary projection runs on those positions only. On CUDA the
 base is NF4 (QLoRA), the optimizer paged 8-bit AdamW, compute bf16 with gradient
-checkpointing. Under torchrun / accelerate (WORLD_SIZE > 1) each process takes its share of
+checkpointing, and each micro-batch runs as one packed row without padding (`packing`,
+model/fast_train.py: same examples, same loss, several times the padded path's speed).
+Under torchrun / accelerate (WORLD_SIZE > 1) each process takes its share of
 every step's micro-batches and DDP averages the gradients; only rank 0 logs and saves.
 
 A checkpoint (out_dir/checkpoint/state.pt) holds the LoRA weights, the best weights so far,
