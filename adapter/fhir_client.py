@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from radproto.adapter.smart_auth import SmartAuthError
 from radproto.fhir_mappings.fhir import relative_reference
-from radproto.fhir_mappings.fhir_task import suggestion_to_provenance
+from radproto.fhir_mappings.fhir_task import business_status, suggestion_to_provenance
 from radproto.model.errors import RadprotoError
 from radproto.model.suggestion import Suggestion
 
@@ -253,6 +253,35 @@ class FhirClient:
                               retryable=True)
 
 
+    async def retract_task(self, identifier: dict[str, Any], business: str, *,
+                           attempts: int = 3) -> str:
+        """Mark our Task with this identifier cancelled, businessStatus `business`
+        ("withdrawn": the order was cancelled; "superseded": a newer suggestion replaced it),
+        so the worklist stops offering it. Version-aware PUT; "" when the server holds no
+        such Task. Safe to repeat."""
+        query = {"identifier": f"{identifier['system']}|{identifier['value']}"}
+        for _ in range(attempts):
+            found = await self.search("Task", query)
+            if not found:
+                return ""
+            task = found[0]
+            reference = f"Task/{task['id']}"
+            if task.get("status") == "cancelled":
+                return reference  # a retry: done already
+            task["status"] = "cancelled"
+            task["businessStatus"] = business_status(business, f"Suggestion {business}")
+            version = (task.get("meta") or {}).get("versionId")
+            headers = {"If-Match": f'W/"{version}"'} if version else {}
+            try:
+                await self.request("PUT", reference, json_body=task, headers=headers)
+                return reference
+            except FhirClientError as exc:
+                if exc.status not in (409, 412):  # someone else wrote it first: re-read
+                    raise
+        raise FhirClientError(f"Task {query['identifier']}: update kept conflicting",
+                              status=412, retryable=True)
+
+
 # -- the outbox relay ---------------------------------------------------------------------
 
 
@@ -261,6 +290,15 @@ def outbox_payload(task: dict[str, Any] | None, suggestion: Suggestion, *, servi
     """What an outbox row of kind "fhir" holds: everything write_suggestion needs."""
     return json.dumps({"task": task, "suggestion": suggestion.model_dump(mode="json"),
                        "service_request_ref": service_request_ref, "annotation": annotation})
+
+
+def retraction_payload(sent_payload: str, business: str) -> str | None:
+    """The outbox payload that cancels the Task an already-sent write-back created (None:
+    that write-back held no Task, e.g. note-only)."""
+    task = json.loads(sent_payload).get("task")
+    if not task:
+        return None
+    return json.dumps({"retract": {"identifier": task["identifier"][0], "business": business}})
 
 
 class FhirOutboxRelay:
@@ -303,10 +341,17 @@ class FhirOutboxRelay:
             return False
         try:
             data = json.loads(row.payload)
-            result = await self.client.write_suggestion(
-                data.get("task"), Suggestion.model_validate(data["suggestion"]),
-                service_request_ref=data.get("service_request_ref", ""),
-                annotation=data.get("annotation"))
+            if "retract" in data:
+                retract = data["retract"]
+                task_ref = await self.client.retract_task(retract["identifier"],
+                                                          retract["business"])
+                detail = f"{task_ref or 'no Task'} cancelled ({retract['business']})"
+            else:
+                result = await self.client.write_suggestion(
+                    data.get("task"), Suggestion.model_validate(data["suggestion"]),
+                    service_request_ref=data.get("service_request_ref", ""),
+                    annotation=data.get("annotation"))
+                detail = f"{result.task_ref} {result.provenance_ref}"
         except FhirClientError as exc:
             permanent = not exc.retryable and row.attempts >= self.max_permanent_attempts
             retry_at = None if permanent else datetime.now(UTC) + timedelta(
@@ -319,8 +364,7 @@ class FhirOutboxRelay:
             await asyncio.to_thread(self.store.mark_outbox_failed, row.id,
                                     f"bad outbox payload: {exc}", retry_at=None)
             return True
-        await asyncio.to_thread(self.store.mark_outbox_sent, row.id,
-                                detail=f"{result.task_ref} {result.provenance_ref}")
+        await asyncio.to_thread(self.store.mark_outbox_sent, row.id, detail=detail)
         return True
 
 

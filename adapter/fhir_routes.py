@@ -38,8 +38,15 @@ from radproto.adapter.fhir_client import (
     FhirOutboxRelay,
     FhirSettings,
     outbox_payload,
+    retraction_payload,
 )
-from radproto.adapter.store import OutboxItem, StoredMessage, StoredSuggestion, StoreUnavailable
+from radproto.adapter.store import (
+    OutboxItem,
+    OutboxRow,
+    StoredMessage,
+    StoredSuggestion,
+    StoreUnavailable,
+)
 from radproto.fhir_mappings.fhir import (
     ANNOTATION_AUTHOR,
     FhirValidationError,
@@ -143,6 +150,15 @@ class FhirWriteback:
         payload = outbox_payload(task, suggestion, service_request_ref=sr_ref,
                                  annotation=annotation)
         return [OutboxItem(OUTBOX_KIND, self.destination, payload, FHIR_JSON)]
+
+    def retraction(self, row: OutboxRow, new_status: str) -> OutboxItem | None:
+        """A sent write-back whose suggestion was withdrawn or superseded: its Task goes to
+        cancelled at the EHR (the note, a record of what was suggested, stays)."""
+        if row.destination_kind != OUTBOX_KIND or row.destination != self.destination:
+            return None
+        payload = retraction_payload(row.payload, new_status)
+        return None if payload is None else OutboxItem(OUTBOX_KIND, self.destination,
+                                                        payload, FHIR_JSON)
 
 
 def content_digest(sr: dict[str, Any]) -> str:

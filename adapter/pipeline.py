@@ -16,7 +16,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from radproto.adapter import audit
 from radproto.adapter.observability import observe_suggestion
-from radproto.adapter.store import OutboxItem, Store, StoredMessage, StoreUnavailable
+from radproto.adapter.store import (
+    OutboxItem,
+    OutboxRow,
+    Store,
+    StoredMessage,
+    StoreUnavailable,
+)
 from radproto.model.catalog import Catalog
 from radproto.model.errors import MappingError
 from radproto.model.order import Order, OrderAction
@@ -180,6 +186,16 @@ class Pipeline:
             outcomes.append(self._complete(message, order, suggestions.get(message.id)))
         return outcomes
 
+    def _retraction(self, row: OutboxRow, new_status: str) -> OutboxItem | None:
+        """The builder that wrote `row` takes it back (a builder without `retraction`, like
+        the HL7 one, leaves it: the RIS has the order's own cancel or update)."""
+        for build in self.outbox_builders:
+            retraction = getattr(build, "retraction", None)
+            item = retraction(row, new_status) if retraction is not None else None
+            if item is not None:
+                return item
+        return None
+
     def _complete(self, message: StoredMessage, order: Order,
                   suggestion: Suggestion | None) -> Outcome:
         outbox: list[OutboxItem] = []
@@ -189,7 +205,8 @@ class Pipeline:
                     outbox += build(message, order, suggestion, self.classifier.catalog)
             acks = self._application_ack(message)
             result = self.store.complete_message(message.id, order=order,
-                                                 suggestion=suggestion, outbox=outbox, acks=acks)
+                                                 suggestion=suggestion, outbox=outbox, acks=acks,
+                                                 retract=self._retraction)
         except StoreUnavailable as exc:
             # The lease runs out and another claim retries it: nothing is lost.
             log_event(log, "complete_unavailable", logging.WARNING, message_id=message.id,

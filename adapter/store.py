@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,6 +124,11 @@ class OutboxItem:
     destination: str
     payload: str
     content_type: str = "application/hl7-v2"
+
+
+#: (a sent write-back of a suggestion now withdrawn or superseded, that new status) ->
+#: the write-back that takes it back at its destination, or None
+Retraction = Callable[["OutboxRow", str], "OutboxItem | None"]
 
 
 @dataclass(frozen=True)
@@ -564,17 +569,19 @@ class Store:
 
     def complete_message(self, message_id: str, *, order: Order,
                          suggestion: Suggestion | None, outbox: Sequence[OutboxItem] = (),
-                         status: str = "done", acks: Sequence[OutboxItem] = ()
-                         ) -> CompletionResult:
+                         status: str = "done", acks: Sequence[OutboxItem] = (),
+                         retract: Retraction | None = None) -> CompletionResult:
         """In one transaction: the order row, the suggestion row, its outbox rows and the
         message status. A message already completed is left alone (applied=False), so a
         message re-claimed after a crash never yields a second suggestion.
 
         The order's action drives its life: new/update store the order and its suggestion and
         supersede the previous pending one; cancel withdraws pending suggestions. Either way
-        unsent write-backs of the suggestions replaced are cancelled. `acks` (enhanced-mode
-        application ACKs) are queued whatever the action: they answer the message, not the
-        suggestion, so a later cancel does not withdraw them."""
+        unsent write-backs of the suggestions replaced are cancelled, and for each one already
+        sent (or being sent) `retract(row, "withdrawn" | "superseded")` may queue a write-back
+        that takes it back at the destination (e.g. the FHIR Task cancelled). `acks`
+        (enhanced-mode application ACKs) are queued whatever the action: they answer the
+        message, not the suggestion, so a later cancel does not withdraw them."""
         now = _now()
         with self._tx() as cur:
             locked = self._lock_message(cur, message_id)
@@ -628,6 +635,8 @@ class Store:
                         "WHERE suggestion_id = ? AND status = 'pending'"),
                         (f"suggestion {new_status}", sid))
                     cancelled += cur.rowcount or 0
+                    if retract is not None:
+                        self._queue_retractions(cur, sid, new_status, retract, message_id, now)
             suggestion_id = None
             if suggestion is not None and not cancel:
                 suggestion_id = new_id()
@@ -722,6 +731,16 @@ class Store:
         return None if row is None else _suggestion(row)
 
     # -- outbox ---------------------------------------------------------------------------
+
+    def _queue_retractions(self, cur: Any, suggestion_id: str, new_status: str,
+                           retract: Retraction, message_id: str, now: float) -> None:
+        cur.execute(self._sql(
+            f"SELECT {_OUTBOX_COLS} FROM outbox WHERE suggestion_id = ? "
+            "AND status IN ('sent', 'sending') ORDER BY created_at"), (suggestion_id,))
+        for row in [_outbox(r) for r in cur.fetchall()]:
+            item = retract(row, new_status)
+            if item is not None:
+                self._insert_outbox(cur, item, suggestion_id, message_id, now)
 
     def _insert_outbox(self, cur: Any, item: OutboxItem, suggestion_id: str | None,
                        message_id: str | None, now: float) -> str:

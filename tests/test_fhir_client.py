@@ -19,6 +19,7 @@ from radproto.adapter.fhir_client import (
     FhirClientError,
     FhirOutboxRelay,
     outbox_payload,
+    retraction_payload,
 )
 from radproto.fhir_mappings.fhir import (
     service_request_to_order,
@@ -176,3 +177,32 @@ async def test_search_follows_next_links():
     async with FhirClient("http://x/fhir", transport=httpx.MockTransport(handler)) as client:
         found = await client.search("Patient", {"name": "z"})
     assert [p["id"] for p in found] == ["a", "b"]
+
+
+async def test_a_retraction_cancels_the_task_once(server, store):
+    async with FhirClient(server.base + "/fhir", backoff=0.01) as client:
+        patient_ref, sr_ref = await seed(client)
+        suggestion = make_suggestion()
+        sent = outbox_payload(task_for(sr_ref, patient_ref, "rt-1", suggestion), suggestion,
+                              service_request_ref=sr_ref)
+        written = await client.write_suggestion(
+            task_for(sr_ref, patient_ref, "rt-1", suggestion), suggestion,
+            service_request_ref=sr_ref)
+        enqueue(store, retraction_payload(sent, "superseded"))
+        assert await FhirOutboxRelay(store, client).run_once()
+        [row] = store.outbox_rows()
+        assert row.status == "sent" and row.last_error.startswith(written.task_ref)
+        task = await client.read(written.task_ref)
+        assert task["status"] == "cancelled"
+        assert task["businessStatus"]["coding"][0]["code"] == "superseded"
+        assert_valid_fhir([task])
+        # Repeated (a relay retry after a lost response): no second version.
+        identifier = task["identifier"][0]
+        assert await client.retract_task(identifier, "superseded") == written.task_ref
+        assert (await client.read(written.task_ref))["meta"]["versionId"] == \
+            task["meta"]["versionId"]
+        # A note-only write-back has no Task to take back; an unknown Task is no error.
+        note_only = outbox_payload(None, suggestion, service_request_ref=sr_ref)
+        assert retraction_payload(note_only, "withdrawn") is None
+        unknown = dict(identifier, value="never-written")
+        assert await client.retract_task(unknown, "withdrawn") == ""

@@ -150,6 +150,38 @@ async def test_id_only_notification_reads_the_order_and_writes_back(service, ehr
     assert (feedback.outcome, feedback.actor) == ("accepted", "fhir-subscription")
 
 
+async def test_a_revoked_order_cancels_its_task_at_the_ehr(service, ehr):
+    """The EHR revokes an order whose suggestion was already written back: the Task leaves
+    the radiologist's worklist (cancelled, businessStatus withdrawn); nothing is re-sent."""
+    sr = await create_order(ehr)
+    await notify(service, notification(
+        "event-notification", 1, events=[(1, f"ServiceRequest/{sr['id']}", now())],
+        resources=[sr]))
+    task = await wait_for_task(ehr, sr["id"])
+    assert task["status"] == "requested"
+    for _ in range(100):  # the write-back (Task, Provenance, note) is sent
+        if {r.status for r in service.store.outbox_rows(destination_kind="fhir")} == {"sent"}:
+            break
+        await asyncio.sleep(0.05)
+    revoked = dict(await ehr.read(f"ServiceRequest/{sr['id']}"), status="revoked")
+    revoked = (await ehr.request("PUT", f"ServiceRequest/{sr['id']}", json_body=revoked)).json()
+    await notify(service, notification(
+        "event-notification", 2, events=[(2, f"ServiceRequest/{sr['id']}", now())],
+        resources=[revoked]))
+    for _ in range(150):
+        task = await ehr.read(f"Task/{task['id']}")
+        if task["status"] == "cancelled":
+            break
+        await asyncio.sleep(0.1)
+    assert task["status"] == "cancelled"
+    assert task["businessStatus"]["coding"][0]["code"] == "withdrawn"
+    assert_valid_fhir([task])
+    rows = service.store.outbox_rows(destination_kind="fhir")
+    assert [r.status for r in rows] == ["sent", "sent"]  # the write-back, its retraction
+    assert '"retract"' in rows[-1].payload
+    assert len(await ehr.search("Task", {"focus": f"ServiceRequest/{sr['id']}"})) == 1
+
+
 async def test_full_resource_notification_needs_no_read(service, ehr):
     sr = await create_order(ehr)
     await notify(service, notification(

@@ -92,6 +92,37 @@ def test_complete_once_new_update_cancel(store):
     assert store.get_message(m3).status == "done"
 
 
+def test_sent_write_backs_of_replaced_suggestions_are_retracted(store):
+    """In the completing transaction: a write-back already sent gets the retraction its
+    builder makes (with the new status); one still pending is only cancelled."""
+    clf = KeywordClassifier()
+    seen = []
+
+    def retract(row, new_status):
+        seen.append((row.payload, new_status))
+        return OutboxItem("fhir", row.destination, f"retract {row.payload} {new_status}")
+
+    def complete(key, order, payload=None):
+        mid = _accept(store, key).message_id
+        store.claim_next_message("w", 30)
+        outbox = [OutboxItem("fhir", "ehr", payload)] if payload else []
+        suggestion = None if order.action == OrderAction.CANCEL else clf.score_orders([order])[0]
+        return store.complete_message(mid, order=order, suggestion=suggestion, outbox=outbox,
+                                      retract=retract)
+
+    complete("1", _order("P9"), "task-1")
+    [first] = store.outbox_rows()
+    store.claim_outbox("fhir", worker_id="relay")
+    store.mark_outbox_sent(first.id)
+    complete("2", _order("P9", OrderAction.UPDATE, exam="MRI brain"), "task-2")  # supersedes
+    complete("3", _order("P9", OrderAction.CANCEL))  # withdraws task-2, never sent
+    assert seen == [("task-1", "superseded")]
+    rows = {r.payload: r for r in store.outbox_rows()}
+    assert rows["task-1"].status == "sent" and rows["task-2"].status == "cancelled"
+    retraction = rows["retract task-1 superseded"]
+    assert retraction.status == "pending" and retraction.suggestion_id == first.suggestion_id
+
+
 def test_stale_message_cannot_resurrect_cancelled_order(store):
     clf = KeywordClassifier()
     m_new = _accept(store, "new").message_id
