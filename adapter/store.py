@@ -275,6 +275,12 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_entity ON audit (entity_type, entity_id);
+CREATE TABLE IF NOT EXISTS subscription_state (
+    subscription TEXT PRIMARY KEY,
+    last_event INTEGER,
+    last_timestamp TEXT NOT NULL,
+    updated_at {real} NOT NULL
+);
 """
 
 _MESSAGE_COLS = ("id, source, dedup_key, content_type, raw, status, attempts, received_at, "
@@ -687,6 +693,25 @@ class Store:
         rows = self._all(f"SELECT {_MESSAGE_COLS} FROM messages {where} "
                          f"ORDER BY received_at, id LIMIT {int(limit)}", args)
         return [_message(r) for r in rows]
+
+    # -- FHIR subscriptions ---------------------------------------------------------------
+
+    def subscription_state(self, subscription: str) -> tuple[int | None, str] | None:
+        """(last event number, newest event timestamp) seen of a subscription, or None."""
+        row = self._one("SELECT last_event, last_timestamp FROM subscription_state "
+                        "WHERE subscription = ?", (subscription,))
+        return None if row is None else (None if row[0] is None else int(row[0]), row[1])
+
+    def save_subscription_state(self, subscription: str, last_event: int | None,
+                                last_timestamp: str) -> None:
+        """Kept across restarts, so a gap re-query starts where the last event left off."""
+        with self._tx() as cur:
+            cur.execute(self._sql(
+                "INSERT INTO subscription_state (subscription, last_event, last_timestamp, "
+                "updated_at) VALUES (?, ?, ?, ?) ON CONFLICT (subscription) DO UPDATE SET "
+                "last_event = excluded.last_event, last_timestamp = excluded.last_timestamp, "
+                "updated_at = excluded.updated_at"),
+                (subscription, last_event, last_timestamp, _now()))
 
     # -- orders and suggestions -----------------------------------------------------------
 

@@ -150,11 +150,12 @@ class SubscriptionHandler:
 
     async def handle(self, note: Notification) -> dict[str, Any]:
         async with self._lock:  # one notification at a time keeps the event count exact
-            state = self.states.setdefault(note.subscription, SubscriptionState())
+            state = await self._state(note.subscription)
             ingested = 0
             if note.type == "handshake":
                 if state.last_event is None:
                     state.last_event = note.events_since_start or 0
+                    await self._save(note.subscription, state)
                 return {"type": note.type, "ingested": 0}
             numbers = [e.number for e in note.events if e.number is not None]
             newest = max(numbers, default=note.events_since_start)
@@ -169,12 +170,28 @@ class SubscriptionHandler:
             stamps = [e.timestamp for e in note.events if e.timestamp]
             if stamps:
                 state.last_timestamp = max(stamps)
+            await self._save(note.subscription, state)
             return {"type": note.type, "ingested": ingested, "gap": gap}
+
+    async def _state(self, subscription: str) -> SubscriptionState:
+        """This process's state of a subscription; on first sight, what the store kept."""
+        state = self.states.get(subscription)
+        if state is None:
+            saved = await asyncio.to_thread(self.api.context.store.subscription_state,
+                                            subscription)
+            state = self.states[subscription] = (
+                SubscriptionState(*saved) if saved else SubscriptionState())
+        return state
+
+    async def _save(self, subscription: str, state: SubscriptionState) -> None:
+        await asyncio.to_thread(self.api.context.store.save_subscription_state, subscription,
+                                state.last_event, state.last_timestamp)
 
     @staticmethod
     def _gap(state: SubscriptionState, numbers: list[int], since_start: int | None) -> bool:
         if state.last_event is None:
-            # Nothing remembered (first contact or a restart): only event 1 is certainly whole.
+            # Nothing remembered (first contact; the store keeps it across restarts): only
+            # event 1 is certainly whole.
             first = min(numbers, default=since_start)
             return first is not None and first > 1
         if numbers:

@@ -208,6 +208,33 @@ async def test_a_gap_in_event_numbers_triggers_a_requery(service, ehr):
     assert service.store.message_counts() == {"done": 3}
 
 
+async def test_the_event_count_survives_a_restart(service, ehr):
+    """The store keeps each subscription's last event: after a restart event 3 follows
+    event 2 (no needless re-query), and a real gap re-queries from the last event's time,
+    however long the service was down."""
+    await notify(service, notification("handshake", 0))
+    for number in (1, 2):
+        sr = await create_order(ehr)
+        await notify(service, notification(
+            "event-notification", number, events=[(number, f"ServiceRequest/{sr['id']}",
+                                                    now())], resources=[sr]))
+    service.app.state.radproto_subscriptions = None  # a new process: nothing in memory
+    sr = await create_order(ehr)
+    await notify(service, notification(
+        "event-notification", 3, events=[(3, f"ServiceRequest/{sr['id']}", now())],
+        resources=[sr]))
+    assert service.app.state.radproto_subscriptions.requeries == 0  # no gap seen
+    last_seen = service.store.subscription_state(SUBSCRIPTION)
+    assert last_seen[0] == 3 and last_seen[1]
+
+    service.app.state.radproto_subscriptions = None
+    sr = await create_order(ehr)
+    await notify(service, notification(  # events 4 and 5 were lost meanwhile
+        "event-notification", 6, events=[(6, f"ServiceRequest/{sr['id']}", now())],
+        resources=[sr]))
+    assert service.app.state.radproto_subscriptions.requeries == 1
+
+
 async def test_empty_payload_and_heartbeat_gap_search_the_server(service, ehr):
     await notify(service, notification("handshake", 0))
     since = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()

@@ -123,6 +123,16 @@ def test_sent_write_backs_of_replaced_suggestions_are_retracted(store):
     assert retraction.status == "pending" and retraction.suggestion_id == first.suggestion_id
 
 
+def test_subscription_state_is_kept_and_overwritten(store):
+    sub = "https://ehr.example/fhir/Subscription/7"
+    assert store.subscription_state(sub) is None
+    store.save_subscription_state(sub, None, "")
+    assert store.subscription_state(sub) == (None, "")
+    store.save_subscription_state(sub, 12, "2026-11-29T01:00:00Z")
+    assert store.subscription_state(sub) == (12, "2026-11-29T01:00:00Z")
+    assert store.subscription_state(sub + "x") is None
+
+
 def test_stale_message_cannot_resurrect_cancelled_order(store):
     clf = KeywordClassifier()
     m_new = _accept(store, "new").message_id
