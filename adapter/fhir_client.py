@@ -22,6 +22,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from radproto.adapter.outbox import backoff_seconds  # the MLLP relay's retry schedule
 from radproto.adapter.smart_auth import SmartAuthError
 from radproto.fhir_mappings.fhir import relative_reference
 from radproto.fhir_mappings.fhir_task import business_status, suggestion_to_provenance
@@ -335,6 +336,7 @@ class FhirOutboxRelay:
 
     async def run_once(self) -> bool:
         """Send one row if one is due; True if a row was handled."""
+
         row = await asyncio.to_thread(self.store.claim_outbox, OUTBOX_KIND,
                                       worker_id=self.worker_id)
         if row is None:
@@ -355,7 +357,7 @@ class FhirOutboxRelay:
         except FhirClientError as exc:
             permanent = not exc.retryable and row.attempts >= self.max_permanent_attempts
             retry_at = None if permanent else datetime.now(UTC) + timedelta(
-                seconds=min(self.max_delay, 0.5 * 2 ** min(row.attempts, 10)))
+                seconds=backoff_seconds(row.attempts, 1.0, self.max_delay))
             log.warning("fhir outbox %s failed (attempt %s): %s", row.id, row.attempts, exc)
             await asyncio.to_thread(self.store.mark_outbox_failed, row.id, str(exc),
                                     retry_at=retry_at)
