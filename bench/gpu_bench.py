@@ -1165,7 +1165,8 @@ def main(argv: list[str] | None = None) -> int:
         ddp = json.loads(Path(args.write_docs[1]).read_text()) if len(args.write_docs) > 1 \
             else None
         write_section("gpu", "GPU: QLoRA training and catalog scoring (7B, NF4)",
-                      render(results, ddp))
+                      render(results, ddp),
+                      measured=(results.get("env") or {}).get("date"))
         return 0
     if args.smoke and args.mode in ("ddp", "extra"):
         args.score_orders = 64

@@ -405,8 +405,10 @@ def report(paths: list[Path], write_docs: bool) -> None:
             "keeps batches within a serving memory budget. Raw figures: "
             "bench/gpu_command_*.json; `python -m bench.gpu_command report ... --write-docs` "
             "rewrites this section.")
+        dates = sorted(d.get("environment", {}).get("date", "") for d in results)
         write_section(SECTION, "GPU: `radproto train` and the loaded classifier (7B, NF4)",
-                      intro + "\n\n" + body)
+                      intro + "\n\n" + body,
+                      measured=f"{dates[0]} to {dates[-1]}" if dates[0] else None)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,9 +40,13 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def write_section(name: str, title: str, body: str, *, path: Path = BENCHMARKS_FILE) -> None:
-    """Replace (or append) the section `name` of docs/benchmarks.md and print it."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def write_section(name: str, title: str, body: str, *, path: Path = BENCHMARKS_FILE,
+                  measured: str | None = None) -> None:
+    """Replace (or append) the section `name` of docs/benchmarks.md and print it.
+
+    `measured`: when the figures were taken, for a section written later from saved
+    results (default: now, for a benchmark that writes as it measures)."""
+    stamp = measured or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = f"<!-- bench:{name} -->\n## {title}\n\n_Measured {stamp}._\n\n{body.strip()}\n"
     section += f"<!-- /bench:{name} -->"
     print(section)
