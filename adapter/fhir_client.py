@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -234,25 +235,21 @@ class FhirClient:
     async def append_note(self, service_request_ref: str, annotation: dict[str, Any],
                           *, attempts: int = 3) -> bool:
         """Append `annotation` to ServiceRequest.note unless already there (version-aware PUT)."""
-        for _ in range(attempts):
-            sr = await self.read(service_request_ref)
+
+        async def fetch() -> dict[str, Any]:
+            return await self.read(service_request_ref)
+
+        def add_note(sr: dict[str, Any]) -> bool:
             notes = sr.get("note") or []
             if any(n.get("authorString") == annotation.get("authorString")
                    and n.get("time") == annotation.get("time") for n in notes):
                 return False  # a retry: the note is there already
             sr["note"] = [*notes, annotation]
-            version = (sr.get("meta") or {}).get("versionId")
-            headers = {"If-Match": f'W/"{version}"'} if version else {}
-            try:
-                await self.request("PUT", f"ServiceRequest/{sr['id']}", json_body=sr,
-                                   headers=headers)
-                return True
-            except FhirClientError as exc:
-                if exc.status not in (409, 412):  # someone else wrote it first: re-read
-                    raise
-        raise FhirClientError(f"{service_request_ref}: note kept conflicting", status=412,
-                              retryable=True)
+            return True
 
+        _, written = await self._update(fetch, add_note, attempts=attempts,
+                                        what=f"{service_request_ref} (note)")
+        return written
 
     async def retract_task(self, identifier: dict[str, Any], business: str, *,
                            attempts: int = 3) -> str:
@@ -261,26 +258,44 @@ class FhirClient:
         so the worklist stops offering it. Version-aware PUT; "" when the server holds no
         such Task. Safe to repeat."""
         query = {"identifier": f"{identifier['system']}|{identifier['value']}"}
-        for _ in range(attempts):
+
+        async def fetch() -> dict[str, Any] | None:
             found = await self.search("Task", query)
-            if not found:
-                return ""
-            task = found[0]
-            reference = f"Task/{task['id']}"
+            return found[0] if found else None
+
+        def cancel(task: dict[str, Any]) -> bool:
             if task.get("status") == "cancelled":
-                return reference  # a retry: done already
+                return False  # a retry: done already
             task["status"] = "cancelled"
             task["businessStatus"] = business_status(business, f"Suggestion {business}")
-            version = (task.get("meta") or {}).get("versionId")
+            return True
+
+        task, _ = await self._update(fetch, cancel, attempts=attempts,
+                                     what=f"Task {query['identifier']}")
+        return f"Task/{task['id']}" if task else ""
+
+    async def _update(self, fetch: Callable[[], Awaitable[dict[str, Any] | None]],
+                      change: Callable[[dict[str, Any]], bool], *, attempts: int,
+                      what: str) -> tuple[dict[str, Any] | None, bool]:
+        """Read, change, PUT with If-Match on the version read; on a version conflict
+        (someone else wrote first) read again. `change` edits in place and returns False
+        when nothing needs writing. Returns (the resource read, None if `fetch` found
+        none; whether it was written)."""
+        for _ in range(attempts):
+            resource = await fetch()
+            if resource is None or not change(resource):
+                return resource, False
+            version = (resource.get("meta") or {}).get("versionId")
             headers = {"If-Match": f'W/"{version}"'} if version else {}
             try:
-                await self.request("PUT", reference, json_body=task, headers=headers)
-                return reference
+                await self.request("PUT", f"{resource['resourceType']}/{resource['id']}",
+                                   json_body=resource, headers=headers)
+                return resource, True
             except FhirClientError as exc:
-                if exc.status not in (409, 412):  # someone else wrote it first: re-read
+                if exc.status not in (409, 412):
                     raise
-        raise FhirClientError(f"Task {query['identifier']}: update kept conflicting",
-                              status=412, retryable=True)
+        raise FhirClientError(f"{what}: the update kept conflicting", status=412,
+                              retryable=True)
 
 
 # -- the outbox relay ---------------------------------------------------------------------
@@ -336,7 +351,6 @@ class FhirOutboxRelay:
 
     async def run_once(self) -> bool:
         """Send one row if one is due; True if a row was handled."""
-
         row = await asyncio.to_thread(self.store.claim_outbox, OUTBOX_KIND,
                                       worker_id=self.worker_id)
         if row is None:
