@@ -235,12 +235,13 @@ def uncompile_elementwise(model: Any) -> None:
 
 def prepare_fast_training(model: Any, *, gradient_checkpointing: bool = True,
                           compute_dtype: Any = None, lean: bool = True,
-                          compile_kernels: bool = False) -> Any:
-    """Make a peft LoRA model ready for packed training (in place); returns it."""
+                          compile_kernels: bool = False) -> str:
+    """Make a peft LoRA model ready for packed training (in place); returns the attention
+    implementation it had, for set_attention to restore before mask-based scoring."""
     import torch
 
     register_varlen_attention()
-    set_attention(model, VARLEN_ATTENTION)
+    previous = set_attention(model, VARLEN_ATTENTION)
     if compute_dtype is None:
         compute_dtype = torch.bfloat16 if next(model.parameters()).is_cuda else torch.float32
     cast_frozen_floats(model, compute_dtype)
@@ -254,7 +255,7 @@ def prepare_fast_training(model: Any, *, gradient_checkpointing: bool = True,
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     base.config.use_cache = False
     model.train()
-    return model
+    return previous
 
 
 def label_positions(batch: PackedBatch) -> Any:

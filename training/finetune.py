@@ -44,6 +44,7 @@ from radproto.training.config import (
     load_config,
     load_preset,
 )
+from radproto.training.packing import pack_examples, pad_examples
 
 log = logging.getLogger(__name__)
 
@@ -177,23 +178,6 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: 
     if group_by_length:
         rng.shuffle(batches)
     return batches
-
-
-def collate(examples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
-    """Right-padded input_ids, attention_mask and labels (-100 on padding)."""
-    import torch
-
-    width = max(len(e["input_ids"]) for e in examples)
-    n = len(examples)
-    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    labels = torch.full((n, width), -100, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        k = len(e["input_ids"])
-        input_ids[i, :k] = torch.tensor(e["input_ids"])
-        labels[i, :k] = torch.tensor(e["labels"])
-        mask[i, :k] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
 # ============================================================================ model
@@ -422,13 +406,12 @@ class Trainer:
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         if self.packing:
-            from radproto.model import fast_train
+            from radproto.model.fast_train import prepare_fast_training
             from radproto.model.loading import resolve_dtype
 
-            fast_train.register_varlen_attention()
-            self._attention = fast_train.set_attention(model, fast_train.VARLEN_ATTENTION)
-            fast_train.cast_frozen_floats(model, resolve_dtype(self.model_config, self.device))
-            fast_train.lean_lora(model)
+            self._attention = prepare_fast_training(
+                model, gradient_checkpointing=False,  # enabled above, for both paths
+                compute_dtype=resolve_dtype(self.model_config, self.device))
         self.model, self.tokenizer = model, tokenizer
         self.train_examples = [encode_example(tokenizer, r, r["label"], config.max_length)
                                for r in self.train_rows]
@@ -588,7 +571,6 @@ class Trainer:
         real_tokens = sum(len(e["input_ids"]) for e in examples)
         if self.packing:
             from radproto.model.fast_train import label_positions
-            from radproto.training.packing import pack_examples
 
             packed = pack_examples(examples)
             positions = label_positions(packed)
@@ -597,7 +579,7 @@ class Trainer:
                           targets=row.targets, cu_seqlens=row.cu_seqlens,
                           positions=positions.to(self.device), max_seqlen=row.max_seqlen)
             return loss, packed.n_label_tokens, real_tokens
-        batch = collate(examples, self.tokenizer.pad_token_id)
+        batch = pad_examples(examples, self.tokenizer.pad_token_id)
         n_labels = int((batch["labels"][:, 1:] != -100).sum())
         loss = module(**{k: v.to(self.device) for k, v in batch.items()})
         return loss, n_labels, real_tokens
