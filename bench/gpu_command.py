@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.gpu_bench import GB, Recorder, environment
 from bench.gpu_data import DEFAULT_TOKENIZER, save_embedded_tokenizer
-from bench.gpu_model import llama_config
+from bench.gpu_model import llama_config, random_llama
 from bench.report import markdown_table, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,21 +63,15 @@ def build_model_dir(target: Path, tokenizer_dir: Path, *, tiny: bool = False) ->
     """A Llama-2-7B-shaped model with random bf16 weights, saved like any local model, with
     the tokenizer (so the embedding covers its vocabulary). `tiny`: a 2-layer one (smoke)."""
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     config = llama_config(tiny, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                           eos_token_id=tokenizer.eos_token_id,
                           bos_token_id=tokenizer.bos_token_id)
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = random_llama(config, device="cuda" if torch.cuda.is_available() else "cpu",
+                         dtype=torch.bfloat16)
     model.save_pretrained(str(target), max_shard_size="5GB")
     tokenizer.save_pretrained(str(target))
     del model

@@ -53,24 +53,32 @@ def quantize_linears(model: Any, device: Any, compute_dtype: Any) -> int:
     return count
 
 
+def random_llama(config: Any, *, device: str, dtype: Any, seed: int = 0) -> Any:
+    """A LlamaForCausalLM of `config` with random weights, made directly on `device` in
+    `dtype` (no float32 copy on the host first)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_model(*, tiny: bool = False, device: str = "cuda", seed: int = 0,
                 quantize: bool = True, compute_dtype: Any = None) -> tuple[Any, dict[str, Any]]:
     """The random model on `device` (NF4 unless quantize=False) and how it was built."""
     import torch
-    from transformers import LlamaForCausalLM
 
     if compute_dtype is None:
         compute_dtype = torch.bfloat16
     config = llama_config(tiny)
-    torch.manual_seed(seed)
     start = time.perf_counter()
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(compute_dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(old)
+    model = random_llama(config, device=device, dtype=compute_dtype, seed=seed)
     built = time.perf_counter() - start
     quantized = 0
     if quantize:

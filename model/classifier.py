@@ -190,21 +190,25 @@ class ProtocolClassifier:
 
     def _cuda_log_probs(self, trie: ProtocolTrie, prompts: list[list[int]]) -> np.ndarray:
         """fast_scoring on the GPU: a captured graph for a lone order, batches otherwise."""
-        version = self._catalog.version
         if self.cuda_graphs and len(prompts) == 1:
-            graphed = self._cuda_scorers.get((version, "graphed"))
-            if graphed is None:
-                graphed = self._cuda_scorers[version, "graphed"] = GraphedScorer(
-                    self.model, trie, self.tokenizer.pad_token_id,
-                    max_prompt=self.config.max_length)
+            graphed = self._graphed_scorer(trie)
             if len(prompts[0]) <= graphed.max_prompt:
                 return graphed.log_probs_one(prompts[0])[None]
+        version = self._catalog.version
         batched = self._cuda_scorers.get((version, "batched"))
         if batched is None:
             batched = self._cuda_scorers[version, "batched"] = FastScorer(
                 self.model, trie, self.tokenizer.pad_token_id)
         batched.max_batch_tokens = self.cuda_batch_tokens
         return batched.log_probs(prompts)
+
+    def _graphed_scorer(self, trie: ProtocolTrie) -> GraphedScorer:
+        key = (self._catalog.version, "graphed")
+        if key not in self._cuda_scorers:
+            self._cuda_scorers[key] = GraphedScorer(self.model, trie,
+                                                    self.tokenizer.pad_token_id,
+                                                    max_prompt=self.config.max_length)
+        return self._cuda_scorers[key]
 
     def prepare_for_serving(self, *, compile_kernels: bool = False) -> float:
         """On CUDA, pay the first order's costs now: optionally compile the elementwise
@@ -218,13 +222,13 @@ class ProtocolClassifier:
         if compile_kernels:
             compile_elementwise(self.model)
         trie = self._trie()
+        filler = self.tokenizer.eos_token_id
         with _eval_mode(self.model):
             if self.cuda_graphs:
-                prompt = [self.tokenizer.eos_token_id] * self.config.max_length
-                graphed_lengths = range(1, self.config.max_length + 1, 32)
-                for length in graphed_lengths:
-                    self._cuda_log_probs(trie, [prompt[:length]])
-            self._cuda_log_probs(trie, [[self.tokenizer.eos_token_id] * 64] * 8)
+                graphed = self._graphed_scorer(trie)
+                for width in graphed.widths():
+                    graphed.log_probs_one([filler] * width)
+            self._cuda_log_probs(trie, [[filler] * 64] * 8)
         return time.perf_counter() - start
 
     def probabilities(self, log_probs: np.ndarray) -> np.ndarray:

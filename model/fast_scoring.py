@@ -196,6 +196,10 @@ class GraphedScorer:
     def _width(self, length: int) -> int:
         return min(self.max_prompt, -(-length // self.bucket) * self.bucket)
 
+    def widths(self) -> list[int]:
+        """The padded prompt width of every bucket, one graph each."""
+        return sorted({self._width(n) for n in range(1, self.max_prompt + 1, self.bucket)})
+
     def _capture(self, width: int) -> tuple[Any, Any, Any, Any]:
         import torch
 

@@ -1024,6 +1024,7 @@ def ensure_default_model(*, tracking_uri: str, catalog: Catalog, work_dir: str |
         data=[str(corpus_dir)], out_dir=str(work_dir / "model"), tracking_uri=tracking_uri,
         register_name=DEFAULT_MODEL_NAME, alias=DEFAULT_ALIAS)
     resume = (work_dir / "model" / CHECKPOINT_DIR / CHECKPOINT_FILE).is_file()
+
     def stop_when_asked(step: int, trainer: Trainer) -> None:
         if stop is not None and stop.is_set():
             trainer.request_stop()
