@@ -1,7 +1,12 @@
 """The `radproto` command line: one place that defines every flag.
 
 Every flag also reads the environment variable `RADPROTO_<FLAG>` (dashes become
-underscores), so `--model` is `RADPROTO_MODEL`. A flag given on the command line wins.
+underscores), so `--model` is `RADPROTO_MODEL`; `radproto train --config` reads
+`RADPROTO_TRAIN_CONFIG`, because `RADPROTO_CONFIG` names the service's config file. A value
+from the environment is parsed exactly as if it were given on the command line (types,
+choices and errors alike); a flag given on the command line wins over its variable. A
+repeatable flag's variable holds several values separated as its help says (`--data`:
+`os.pathsep`, `--set`: `;`).
 """
 
 from __future__ import annotations
@@ -12,30 +17,113 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from radproto import __version__
 from radproto.model.errors import RadprotoError
 
 ENV_PREFIX = "RADPROTO_"
 log = logging.getLogger("radproto")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def env_name(option: str) -> str:
+    """The environment variable of a long option: `--mllp-port` -> `RADPROTO_MLLP_PORT`."""
+    return ENV_PREFIX + option[2:].replace("-", "_").upper()
+
+
+def rename_env(action: argparse.Action, variable: str) -> argparse.Action:
+    """Make an option read `variable` instead of RADPROTO_<FLAG> (its help says so)."""
+    old = getattr(action, "env_var", None)
+    if old and action.help:
+        action.help = action.help.replace(f"[env {old}]", f"[env {variable}]")
+    action.env_var = variable  # type: ignore[attr-defined]
+    return action
 
 
 class _EnvDefaultsParser(argparse.ArgumentParser):
-    """An ArgumentParser whose options fall back to RADPROTO_* environment variables."""
+    """An ArgumentParser whose options fall back to RADPROTO_* environment variables.
 
-    def add_argument(self, *args, **kwargs):  # type: ignore[override]
-        long = next((a for a in args if a.startswith("--")), None)
+    The variables are read when the command line is parsed, not when the parser is built:
+    each one not overridden by its flag is put in front of the command line as that flag,
+    so argparse types, checks and reports it like a flag (an `append` flag gets one
+    argument per value; a `store_true` flag is given when the value is 1/true/yes/on).
+    Each option's variable is on its action as `env_var` (and `env_sep` for repeatable
+    ones)."""
+
+    def _add_action(self, action: argparse.Action) -> argparse.Action:
+        # Every option, also those added through a group, passes here.
+        long = next((o for o in action.option_strings if o.startswith("--")), None)
+        variable = None
         if long is not None and long not in ("--help", "--version"):
-            env = ENV_PREFIX + long[2:].replace("-", "_").upper()
-            if env in os.environ:
-                value = os.environ[env]
-                if kwargs.get("action") == "store_true":
-                    kwargs["default"] = value.strip().lower() in ("1", "true", "yes", "on")
-                else:
-                    kwargs["default"] = value
-                kwargs["required"] = False
-            kwargs["help"] = f"{kwargs.get('help', '')} [env {env}]".strip()
-        return super().add_argument(*args, **kwargs)
+            variable = env_name(long)
+            action.help = f"{action.help or ''} [env {variable}]".strip()
+        action.env_var = variable  # type: ignore[attr-defined]
+        action.env_sep = None  # type: ignore[attr-defined]
+        return super()._add_action(action)
+
+    def add_argument(self, *args: Any, env: str | None = None, env_sep: str | None = None,
+                     **kwargs: Any) -> argparse.Action:  # type: ignore[override]
+        """`env`: another variable than RADPROTO_<FLAG>; `env_sep`: for a repeatable flag,
+        what separates its values in the variable."""
+        action = super().add_argument(*args, **kwargs)
+        if env:
+            rename_env(action, env)
+        action.env_sep = env_sep  # type: ignore[attr-defined]
+        return action
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        given = list(sys.argv[1:] if args is None else args)
+        self._from_env: dict[str, str] = {}
+        return super().parse_known_args(self._env_arguments(given) + given, namespace)
+
+    def _env_arguments(self, given: list[str]) -> list[str]:
+        """The flags that environment variables stand for, where the command line lacks them."""
+        if "-h" in given or "--help" in given:
+            return []
+        on_command_line = {id(a) for a in map(self._action_of, given) if a is not None}
+        # A flag on the command line also silences the variables of the flags it excludes
+        # (train: --preset given, RADPROTO_TRAIN_CONFIG set): the command line wins.
+        for group in self._mutually_exclusive_groups:
+            if any(id(a) in on_command_line for a in group._group_actions):
+                on_command_line |= {id(a) for a in group._group_actions}
+        extra: list[str] = []
+        for action in self._actions:
+            variable = getattr(action, "env_var", None)
+            if not variable or variable not in os.environ or id(action) in on_command_line:
+                continue
+            value, flag = os.environ[variable], action.option_strings[-1]
+            self._from_env[flag] = variable
+            if action.nargs == 0:  # store_true
+                if value.strip().lower() in _TRUE:
+                    extra.append(flag)
+            elif isinstance(action, argparse._AppendAction):
+                parts = value.split(action.env_sep) if action.env_sep else [value]
+                for part in parts:
+                    if part.strip():
+                        extra += [flag, part.strip()]
+            else:
+                extra.append(f"{flag}={value}")  # "=": a value starting with '-' stays one
+        return extra
+
+    def _action_of(self, arg: str) -> argparse.Action | None:
+        """The option an argument string names (exactly or as an abbreviation), if any."""
+        if not arg.startswith("--") or arg == "--":
+            return None
+        name = arg.split("=", 1)[0]
+        if name in self._option_string_actions:
+            return self._option_string_actions[name]
+        matches = {id(a): a for option, a in self._option_string_actions.items()
+                   if option.startswith(name)} if self.allow_abbrev else {}
+        return next(iter(matches.values())) if len(matches) == 1 else None
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        notes = [f"{flag} came from {variable}"
+                 for flag, variable in getattr(self, "_from_env", {}).items()
+                 if flag in message]
+        super().error(message + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 def _command(subparsers, name: str, help_text: str, handler: Callable[[argparse.Namespace], int]):
@@ -51,6 +139,16 @@ def _command(subparsers, name: str, help_text: str, handler: Callable[[argparse.
 
 _SCORING_TOLERANCE = ("0 (default): the exact distribution; e.g. 1e-4: every probability "
                       "within that of the exact one, top 3 exact, fewer tree nodes run")
+
+
+# What the service's default model is, today. (Keep it true: it is the one place that says.)
+_SERVE_MODEL = ("a model directory, models:/NAME@ALIAS, models:/NAME/N or 'embedded' (the "
+                "untuned base model). Default: models:/radproto@champion from the MLflow "
+                "registry (tracking_uri, default sqlite:///mlflow.db); when the registry has "
+                "none, the first start trains it (the default-cpu preset on the synthetic "
+                "corpus: about 15 minutes on 2 CPU cores, with a progress bar), registers it "
+                "and reuses it from then on; orders are acknowledged and queued meanwhile. "
+                "A stop during that training checkpoints it; the next start resumes.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,18 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="order file to write (JSONL)")
 
     p = _command(sub, "train", "Fine-tune the classifier (QLoRA).", _train)
-    p.add_argument("--config", type=Path, default=None, help="training config file (YAML)")
-    p.add_argument("--preset", default=None,
-                   help="a named preset, e.g. 'default-cpu' (exactly one of --config, --preset)")
-    p.add_argument("--data", type=Path, action="append", default=None,
-                   help="a corpus directory or order file (repeatable); default: the config's")
+    source = p.add_mutually_exclusive_group(required=True)
+    # RADPROTO_CONFIG is the service's config file (serve, audit, ...), not a training one.
+    rename_env(source.add_argument("--config", type=Path, default=None,
+                                   help="training config file (YAML)"),
+               "RADPROTO_TRAIN_CONFIG")
+    source.add_argument("--preset", default=None,
+                        help="a named preset, e.g. 'default-cpu' or 'tiny-test' "
+                             "(exactly one of --config, --preset)")
+    p.add_argument("--data", type=Path, action="append", default=None, env_sep=os.pathsep,
+                   help="a corpus directory or order file (repeatable; in the variable "
+                        f"separated by '{os.pathsep}'); default: the config's")
     p.add_argument("--out", type=Path, default=None, help="output directory for the model")
     p.add_argument("--register", default=None, help="register the model under this name")
     p.add_argument("--alias", default=None, help="set this alias on the registered version")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config field, e.g. --set epochs=2 (repeatable)")
+                   env_sep=";", help="override one config field, e.g. --set epochs=2 "
+                   "(repeatable; in the variable separated by ';')")
 
     p = _command(sub, "eval", "Evaluate a model on a labelled order file.", _eval)
     p.add_argument("--data", type=Path, required=True, help="labelled order file")
@@ -112,8 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     p.add_argument("--store", default=None,
                    help="store URL: sqlite:///path or postgresql://... (default sqlite)")
-    p.add_argument("--model", default=None,
-                   help="model directory or models:/NAME@ALIAS (default: the embedded model)")
+    p.add_argument("--model", default=None, help=_SERVE_MODEL)
     p.add_argument("--api-keys", type=Path, default=None,
                    help="API key file: one 'ROLE SHA256-HEX' line per key")
 
@@ -154,8 +258,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and (args.config is None) == (args.preset is None):
-        parser.error("train needs exactly one of --config and --preset")
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(message)s")
     try:

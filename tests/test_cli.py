@@ -45,9 +45,11 @@ def test_help_documents_each_flag_and_its_variable(command, flags, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
+    variables = {"train --config": "RADPROTO_TRAIN_CONFIG"}  # RADPROTO_CONFIG: the service's
     for flag in flags:
         assert flag in text
-        assert "RADPROTO_" + flag[2:].replace("-", "_").upper() in text
+        expected = "RADPROTO_" + flag[2:].replace("-", "_").upper()
+        assert variables.get(f"{command} {flag}", expected) in text
 
 
 def test_a_radproto_error_becomes_a_clear_message_and_exit_2(tmp_path):
