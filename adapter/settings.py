@@ -44,6 +44,12 @@ class ServiceSettings(BaseSettings):
     tracking_uri: str = ""  # MLflow; default: sqlite:///mlflow.db, as radproto train
     catalog: Path | None = None
     catalog_mode: Literal["extend", "replace"] | None = None
+    #: Check the registry alias of a models:/NAME@ALIAS model every this many seconds and
+    #: switch to a new version without a restart (0: never; SIGHUP checks at once).
+    model_poll_s: float = Field(default=60.0, ge=0)
+    #: The training preset of the first-run default model (empty `model`, empty registry):
+    #: default-cpu; tiny-test trains a few steps in seconds (smoke tests).
+    default_model_preset: str = "default-cpu"
 
     # MLLP listener
     mllp_max_message_bytes: int = Field(default=1_048_576, ge=1024)
