@@ -32,6 +32,7 @@ ACTIONS: dict[str, tuple[str, str | None]] = {
     "changed": ("U", None),  # ... changed it to another protocol
     "rejected": ("U", None),  # ... rejected it
     "deny": ("E", None),  # authentication or authorization refused a request
+    "login": ("E", None),  # a sign-in to the worklist (success or failure)
     "purge": ("D", None),  # retention purged raw messages and notes
 }
 SYSTEM_ACTORS = ("system:classifier", "system:retention")

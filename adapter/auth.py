@@ -66,6 +66,9 @@ class AuthError(Exception):
 # ---------------------------------------------------------------------------- API keys
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+#: A key's name rides in the line's comment: `ROLE SHA256-HEX  # name=NAME`.
+_NAME_COMMENT = re.compile(r"(?:^|\s)name=(\S+)")
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -73,15 +76,24 @@ class ApiKey:
     role: str
     sha256: str  # lower-case hex of SHA-256(key)
     line: int
+    name: str = ""  # from the line's `# name=NAME` comment (radproto keys create)
+
+
+def api_key_line(role: str, sha256: str, name: str = "") -> str:
+    """One line of the API key file (what parse_api_keys reads back)."""
+    return f"{role} {sha256}" + (f"  # name={name}" if name else "")
 
 
 def parse_api_keys(text: str, *, path: str = "<api keys>") -> list[ApiKey]:
-    """Parse `ROLE SHA256-HEX` lines ('#' comments and blank lines allowed). A bad line raises
-    ConfigError naming the file, the line and the field."""
+    """Parse `ROLE SHA256-HEX` lines ('#' comments and blank lines allowed; a comment
+    `name=NAME` names the key). A bad line raises ConfigError naming the file, the line and
+    the field."""
     keys: list[ApiKey] = []
     seen: dict[tuple[str, str], int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
+        line, _, comment = raw.partition("#")
+        line = line.strip()
+        named = _NAME_COMMENT.search(comment)
         if not line:
             continue
         parts = line.split()
@@ -100,7 +112,8 @@ def parse_api_keys(text: str, *, path: str = "<api keys>") -> list[ApiKey]:
             raise ConfigError(f"duplicate of line {seen[(role, digest.lower())]}",
                               path=path, line=number, field="sha256")
         seen[(role, digest.lower())] = number
-        keys.append(ApiKey(role=role, sha256=digest.lower(), line=number))
+        keys.append(ApiKey(role=role, sha256=digest.lower(), line=number,
+                           name=named.group(1) if named else ""))
     return keys
 
 
@@ -363,9 +376,18 @@ DEFAULT_POLICY: tuple[PolicyRule, ...] = (
     # A CORS preflight carries no credentials and returns no data; the real request is checked.
     _rule("OPTIONS", "*", PUBLIC, audit=False),
     _rule("GET", "/metrics", _A, audit=False),
-    _rule("GET", "/openapi.json", ANY, audit=False),
-    _rule("GET", "/docs*", ANY, audit=False),
-    _rule("GET", "/redoc*", ANY, audit=False),
+    # The API's description holds no patient data: open, so Swagger UI loads; each
+    # operation it calls is still checked by its own rule below.
+    _rule("GET", "/openapi.json", PUBLIC, audit=False),
+    _rule("GET", "/docs*", PUBLIC, audit=False),
+    _rule("GET", "/redoc*", PUBLIC, audit=False),
+    # The radiologists' worklist (adapter/worklist.py): sign-in and its assets are open; the
+    # page and its data routes audit each order shown themselves (one event per order).
+    _rule("GET POST", "/worklist/login", PUBLIC, audit=False),
+    _rule("POST", "/worklist/logout", PUBLIC, audit=False),
+    _rule("GET", "/worklist/static/*", PUBLIC, audit=False),
+    _rule("GET", "/worklist*", _R, _A, audit=False),
+    _rule("*", "/worklist*", _R, _A),
     _rule("*", "/admin*", _A),
     _rule("*", "/audit*", _A),
     _rule("*", "/config*", _A),
@@ -496,6 +518,9 @@ class MllpGuard:
 # ---------------------------------------------------------------------------- HTTP middleware
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: Where the worklist's cookie sessions are accepted, and its sign-in page.
+SESSION_PATH = "/worklist"
+SESSION_LOGIN_PATH = "/worklist/login"
 _ENTITY_NAMES = {"suggestions": "Suggestion", "orders": "Order", "messages": "Message",
                  "feedback": "Feedback", "cds-services": "CdsService", "audit": "AuditEvent"}
 _FHIR_JSON = "application/fhir+json"
@@ -555,9 +580,11 @@ class SecurityMiddleware:
     caller as `request.state.principal`."""
 
     def __init__(self, app: Any, *, authenticator: Authenticator, policy: Policy, store: Any,
-                 routes_app: Any):
+                 routes_app: Any, sessions: Any = None):
         self.app = app
         self.authenticator = authenticator
+        #: adapter.sessions.SessionManager: the worklist's cookie sessions (None: none).
+        self.sessions = sessions
         self.policy = policy
         self.store = store
         self.routes_app = routes_app
@@ -594,15 +621,22 @@ class SecurityMiddleware:
         route, params = self._route(scope)
         outcome: dict[str, Any] = {"status": 500}
         principal: Principal | None = None
+        session = None
         try:
             if PUBLIC not in rule.roles:
+                session = self._session(path, headers)
                 try:
-                    principal = await self.authenticator.authenticate(
-                        headers.get("authorization"), headers.get("x-api-key"))
+                    principal = session.principal() if session is not None else \
+                        await self.authenticator.authenticate(
+                            headers.get("authorization"), headers.get("x-api-key"))
                 except AuthError as exc:
                     await self._deny(scope, send, exc.status, exc.reason, str(exc), None,
                                      route, method, request_id, bearer=True)
                     outcome["status"] = exc.status
+                    return
+                if principal is None and _wants_sign_in_page(method, path, headers):
+                    outcome["status"] = 303
+                    await _send_redirect(send, SESSION_LOGIN_PATH, request_id)
                     return
                 if principal is None:
                     message = ("authentication required: send 'Authorization: Bearer <token>'"
@@ -621,6 +655,8 @@ class SecurityMiddleware:
             state = scope.setdefault("state", {})
             state["principal"] = principal
             state["request_id"] = request_id
+            if session is not None:
+                state["session"] = session
             await self._call(scope, receive, send, rule, route, params, method, principal,
                              request_id, outcome)
         finally:
@@ -634,6 +670,16 @@ class SecurityMiddleware:
                     "duration_ms": round(elapsed * 1000, 2), "request_id": request_id,
                     "actor": principal.actor if principal else "",
                     "auth": principal.auth if principal else "none"})
+
+    def _session(self, path: str, headers: dict[str, str]) -> Any:
+        """The worklist session of a request without API credentials (the cookie is only
+        ever accepted under /worklist: the API itself takes no ambient credentials)."""
+        if self.sessions is None or not (path == SESSION_PATH
+                                         or path.startswith(SESSION_PATH + "/")):
+            return None
+        if headers.get("authorization") or "x-api-key" in headers:
+            return None  # explicit credentials win
+        return self.sessions.from_cookie_header(headers.get("cookie"))
 
     async def _call(self, scope, receive, send, rule: PolicyRule, route: str,
                     params: dict[str, Any], method: str, principal: Principal | None,
@@ -729,6 +775,19 @@ class SecurityMiddleware:
                                         route, detail)
 
 
+def _wants_sign_in_page(method: str, path: str, headers: dict[str, str]) -> bool:
+    """A browser asking for the worklist without credentials goes to the sign-in page."""
+    return method in ("GET", "HEAD") and path in (SESSION_PATH, SESSION_PATH + "/") and \
+        "text/html" in headers.get("accept", "")
+
+
+async def _send_redirect(send: Any, location: str, request_id: str) -> None:
+    await send({"type": "http.response.start", "status": 303, "headers": [
+        (b"location", location.encode()), (b"content-length", b"0"),
+        (b"x-request-id", request_id.encode())]})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 async def _send_json(send: Any, status: int, body: dict[str, Any], request_id: str,
                      extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
     payload = json.dumps(body).encode()
@@ -771,8 +830,15 @@ def install_security(app: Any, security: SecuritySettings, store: Any, *,
     app.state.radproto_shutting_down = False
     app.state.radproto_store = store
     _add_operations_routes(app, store)
+    from radproto.adapter.sessions import SessionManager
+
+    sessions = SessionManager(security.session_secret, ttl_seconds=security.session_ttl_seconds,
+                              secure=security.session_cookie_secure)
+    app.state.radproto_authenticator = authenticator  # the worklist's sign-in checks with it
+    app.state.radproto_sessions = sessions
     app.add_middleware(SecurityMiddleware, authenticator=authenticator,
-                       policy=Policy.from_settings(security), store=store, routes_app=app.router)
+                       policy=Policy.from_settings(security), store=store, routes_app=app.router,
+                       sessions=sessions)
     app.state.radproto_policy = Policy.from_settings(security)
 
 
@@ -828,8 +894,11 @@ def _add_operations_routes(app: Any, store: Any) -> None:
         ready = all(results) and not app.state.radproto_shutting_down
         if app.state.radproto_shutting_down:
             report["shutdown"] = "in progress"
-        return JSONResponse({"status": "ready" if ready else "not ready", "checks": report},
-                            status_code=200 if ready else 503)
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": report}
+        info = getattr(app.state, "radproto_ready_info", None)  # e.g. the model in use
+        if info is not None:
+            body.update(info())
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics() -> Response:
         """Prometheus metrics."""

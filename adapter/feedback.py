@@ -21,17 +21,33 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from radproto.adapter import audit
+from radproto.adapter.fhir_client import OUTBOX_KIND as FHIR_OUTBOX_KIND
+from radproto.adapter.fhir_client import verdict_payload
 from radproto.adapter.fhir_routes import (
+    FHIR_JSON,
+    TASK_STATUS,
     FhirApi,
     FhirResponse,
     api_of,
     fhir_error,
+    fhir_settings_of,
     read_resource,
     validation_response,
 )
-from radproto.adapter.store import FEEDBACK_OUTCOMES, NotFound, StoredSuggestion, StoreUnavailable
+from radproto.adapter.pipeline import MllpWriteback
+from radproto.adapter.store import (
+    FEEDBACK_OUTCOMES,
+    NotFound,
+    OutboxItem,
+    StoredSuggestion,
+    StoreUnavailable,
+)
 from radproto.fhir_mappings.fhir import FhirValidationError, Issue, validate_resource
-from radproto.fhir_mappings.fhir_task import OUTPUT_TYPE_SYSTEM, TASK_IDENTIFIER_SYSTEM
+from radproto.fhir_mappings.fhir_task import (
+    OUTPUT_TYPE_SYSTEM,
+    TASK_IDENTIFIER_SYSTEM,
+    protocol_concept,
+)
 from radproto.model.catalog import Catalog
 
 log = logging.getLogger("radproto.feedback")
@@ -87,15 +103,54 @@ def _concept_value(concept: dict[str, Any]) -> str | None:
     return concept.get("text") or None
 
 
+def verdict_outbox(context: Any, stored: StoredSuggestion, outcome: str,
+                   protocol: str | None, reason: str = "") -> list[OutboxItem]:
+    """The write-backs of a verdict, queued with it in one transaction: where the order came
+    by FHIR, our Task at the EHR moves to the verdict (fhir.writeback task / both); where it
+    came by HL7 v2, the final protocol goes to the RIS (writeback_host) in the suggestion's
+    own OMI / ORM form. Sync: call it from a thread."""
+    store = context.store
+    message = store.get_message(stored.message_id)
+    order_row = store.get_order(stored.order_id)
+    if message is None or order_row is None:
+        return []
+    items: list[OutboxItem] = []
+    if message.content_type == FHIR_JSON:
+        settings = fhir_settings_of(context)
+        if settings.server_url and settings.writeback in ("task", "both"):
+            status, business = TASK_STATUS[outcome]
+            output = None
+            if protocol:
+                output = {"type": {"coding": [{
+                    "system": OUTPUT_TYPE_SYSTEM, "code": "chosen-protocol",
+                    "display": "Protocol chosen by the radiologist"}]},
+                    "valueCodeableConcept": protocol_concept(protocol, context.catalog)}
+            identifier = {"system": TASK_IDENTIFIER_SYSTEM, "value": message.id}
+            items.append(OutboxItem(FHIR_OUTBOX_KIND, settings.server_url.rstrip("/"),
+                                    verdict_payload(identifier, status=status,
+                                                    business=str(business), output=output,
+                                                    reason=reason), FHIR_JSON))
+    mllp = MllpWriteback.from_settings(context.settings)
+    if mllp is not None:
+        items += mllp.verdict(message, order_row.order, stored.suggestion, context.catalog,
+                              outcome=outcome, protocol=protocol, reason=reason)
+    return items
+
+
 async def record(api: FhirApi, stored: StoredSuggestion, outcome: str, protocol: str | None,
-                 actor: str) -> bool:
-    """Record unless the suggestion already carries this verdict (a repeated PUT)."""
+                 actor: str, *, reason: str = "") -> bool:
+    """Record unless the suggestion already carries this verdict (a repeated PUT), with its
+    write-backs (verdict_outbox) in the same transaction."""
     if stored.status == outcome:
         rows = await asyncio.to_thread(api.store.feedback_rows, suggestion_id=stored.id)
         if rows and rows[-1].protocol == protocol:
             return False
+    outbox = await asyncio.to_thread(verdict_outbox, api.context, stored, outcome, protocol,
+                                     reason)
     await asyncio.to_thread(api.store.record_feedback, stored.id, outcome=outcome,
-                            protocol=protocol, actor=actor)
+                            protocol=protocol, actor=actor, reason=reason, outbox=outbox)
+    if any(item.destination_kind == "mllp" for item in outbox) and api.context.relay:
+        api.context.relay.wake()
     await asyncio.to_thread(
         audit.record_feedback, api.store, actor=actor, suggestion_id=stored.id, outcome=outcome,
         protocol=protocol, suggested_protocol=stored.suggestion.protocol,
@@ -149,7 +204,8 @@ async def update_task(task_id: str, request: Request) -> Response:
 
 @router.post("/feedback")
 async def post_feedback(request: Request) -> Response:
-    """{"task_id" or "suggestion_id", "outcome": accepted|rejected|changed, "protocol"}."""
+    """{"task_id" or "suggestion_id", "outcome": accepted|rejected|changed, "protocol",
+    "reason"}."""
     api = api_of(request)
     try:
         body = await request.json()
@@ -178,7 +234,9 @@ async def post_feedback(request: Request) -> Response:
                                  "field": "protocol"}, status_code=422)
         if outcome == "accepted":
             protocol = protocol or stored.suggestion.protocol
-        recorded = await record(api, stored, outcome, protocol, actor_of(request))
+        reason = str(body.get("reason") or "")[:1000]
+        recorded = await record(api, stored, outcome, protocol, actor_of(request),
+                                reason=reason)
     except NotFound:
         return JSONResponse({"error": "no such suggestion"}, status_code=404)
     except StoreUnavailable:

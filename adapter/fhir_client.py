@@ -274,6 +274,44 @@ class FhirClient:
                                      what=f"Task {query['identifier']}")
         return f"Task/{task['id']}" if task else ""
 
+    async def record_verdict(self, identifier: dict[str, Any], verdict: dict[str, Any], *,
+                             attempts: int = 3) -> str:
+        """Move our Task with this identifier to the radiologist's verdict (`verdict_payload`:
+        status completed / rejected, businessStatus accepted / changed / rejected, the
+        protocol chosen as an output, a rejection's reason as statusReason), so the EHR's
+        worklist shows the decision. Version-aware PUT; "" when the server holds no such
+        Task. Safe to repeat."""
+        query = {"identifier": f"{identifier['system']}|{identifier['value']}"}
+        output = verdict.get("output")
+        code = (output or {}).get("type", {}).get("coding", [{}])[0].get("code")
+
+        async def fetch() -> dict[str, Any] | None:
+            found = await self.search("Task", query)
+            return found[0] if found else None
+
+        def decide(task: dict[str, Any]) -> bool:
+            outputs = [o for o in task.get("output") or []
+                       if not any(c.get("code") == code
+                                  for c in (o.get("type") or {}).get("coding") or [])]
+            if output:
+                outputs.append(output)
+            changed = {"status": verdict["status"],
+                       "businessStatus": business_status(verdict["business"],
+                                                         f"Suggestion {verdict['business']}"),
+                       "output": outputs}
+            if verdict.get("reason"):
+                changed["statusReason"] = {"text": verdict["reason"]}
+            if all(task.get(k) == v for k, v in changed.items()):
+                return False  # a retry: done already
+            task.update(changed)
+            if not outputs:
+                task.pop("output")
+            return True
+
+        task, _ = await self._update(fetch, decide, attempts=attempts,
+                                     what=f"Task {query['identifier']} (verdict)")
+        return f"Task/{task['id']}" if task else ""
+
     async def _update(self, fetch: Callable[[], Awaitable[dict[str, Any] | None]],
                       change: Callable[[dict[str, Any]], bool], *, attempts: int,
                       what: str) -> tuple[dict[str, Any] | None, bool]:
@@ -315,6 +353,14 @@ def retraction_payload(sent_payload: str, business: str) -> str | None:
     if not task:
         return None
     return json.dumps({"retract": {"identifier": task["identifier"][0], "business": business}})
+
+
+def verdict_payload(identifier: dict[str, Any], *, status: str, business: str,
+                    output: dict[str, Any] | None, reason: str = "") -> str:
+    """The outbox payload that moves our Task at the EHR to a radiologist's verdict."""
+    return json.dumps({"verdict": {"identifier": identifier, "status": status,
+                                   "business": business, "output": output,
+                                   "reason": reason}})
 
 
 class FhirOutboxRelay:
@@ -362,6 +408,10 @@ class FhirOutboxRelay:
                 task_ref = await self.client.retract_task(retract["identifier"],
                                                           retract["business"])
                 detail = f"{task_ref or 'no Task'} cancelled ({retract['business']})"
+            elif "verdict" in data:
+                verdict = data["verdict"]
+                task_ref = await self.client.record_verdict(verdict["identifier"], verdict)
+                detail = f"{task_ref or 'no Task'} {verdict['business']}"
             else:
                 result = await self.client.write_suggestion(
                     data.get("task"), Suggestion.model_validate(data["suggestion"]),

@@ -174,7 +174,7 @@ def content_digest(sr: dict[str, Any]) -> str:
 
 # -- the service object --------------------------------------------------------------------
 
-_TASK_STATUS = {  # stored suggestion status -> (Task.status, businessStatus code)
+TASK_STATUS = {  # stored suggestion status -> (Task.status, businessStatus code)
     "pending": ("requested", None),
     "accepted": ("completed", "accepted"),
     "changed": ("rejected", "changed"),
@@ -322,7 +322,7 @@ class FhirApi:
         task = suggestion_to_task(stored.suggestion, order, self.catalog,
                                   service_request_ref=sr_ref, patient_ref=patient_ref,
                                   task_id=message_id)
-        status, business = _TASK_STATUS.get(stored.status, ("requested", None))
+        status, business = TASK_STATUS.get(stored.status, ("requested", None))
         task["status"] = status
         if business:
             task["businessStatus"] = business_status(business, f"Suggestion {business}")

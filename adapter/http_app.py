@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 EXTENSION_MODULES: tuple[str, ...] = (
     "radproto.adapter.auth",
     "radproto.adapter.fhir_routes",
+    # The radiologists' worklist page (its router, and its static files mounted by install);
+    # behind the security middleware like every route, its policy rules in adapter/auth.py.
+    "radproto.adapter.worklist",
 )
 RouterProvider = Callable[["ServiceContext"], APIRouter]
 _PROVIDERS: list[RouterProvider] = []

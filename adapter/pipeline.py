@@ -41,8 +41,7 @@ class Classifier(Protocol):
     catalog: Catalog
     model_version: str
 
-    def score_orders(self, orders: Sequence[Order], *,
-                     batch_size: int = 16) -> list[Suggestion]: ...
+    def score_orders(self, orders: Sequence[Order]) -> list[Suggestion]: ...
 
 
 def hash_identifier(value: str, key: str | bytes = b"") -> str:
@@ -117,6 +116,45 @@ class MllpWriteback:
             control_id="RP" + uuid.uuid4().hex[:18], version=version)
         return [OutboxItem("mllp", self.destination, payload, HL7V2_CONTENT_TYPE)]
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> MllpWriteback | None:
+        """The write-back the service settings describe (None without writeback_host)."""
+        if not settings.writeback_host:
+            return None
+        return cls(settings.writeback_destination, style=settings.writeback_style,
+                   sending_application=settings.writeback_sending_application,
+                   sending_facility=settings.writeback_sending_facility,
+                   receiving_application=settings.writeback_receiving_application,
+                   receiving_facility=settings.writeback_receiving_facility)
+
+    def verdict(self, message: StoredMessage, order: Order, suggestion: Suggestion,
+                catalog: Catalog, *, outcome: str, protocol: str | None, reason: str = ""
+                ) -> list[OutboxItem]:
+        """The radiologist's final protocol for an HL7 v2 order, to the same destination and
+        in the same style as its suggestion (fhir_mappings verdict_to_message)."""
+        if message.content_type != HL7V2_CONTENT_TYPE:
+            return []
+        from radproto.fhir_mappings.hl7v2 import parse_header
+        from radproto.fhir_mappings.hl7v2_outbound import verdict_to_message
+
+        sender = facility = ""
+        legacy, version = False, None
+        if message.raw:  # purged by retention: the configured defaults
+            header = parse_header(message.raw)
+            sender, facility = header.sending_application, header.sending_facility
+            legacy = header.version.startswith(("2.1", "2.2", "2.3"))
+            version = header.version
+        style = self.style if self.style != "auto" else ("orm" if legacy else "omi")
+        payload = verdict_to_message(
+            order, suggestion, catalog, outcome=outcome, protocol=protocol,  # type: ignore[arg-type]
+            reason=reason, style=style, control_id="RV" + uuid.uuid4().hex[:18],
+            sending_application=self.sending_application,
+            sending_facility=self.sending_facility,
+            receiving_application=self.receiving_application or sender,
+            receiving_facility=self.receiving_facility or facility,
+            version=version if style == "orm" and legacy else None)
+        return [OutboxItem("mllp", self.destination, payload, HL7V2_CONTENT_TYPE)]
+
 
 # ---------------------------------------------------------------------------- pipeline
 
@@ -134,7 +172,7 @@ class Pipeline:
     transaction. Cancels skip the model."""
 
     def __init__(self, store: Store, classifier: Classifier, *,
-                 outbox_builders: Sequence[OutboxBuilder] = (), batch_size: int = 16,
+                 outbox_builders: Sequence[OutboxBuilder] = (),
                  log_hash_key: str = "", on_outbox: Callable[[], None] | None = None,
                  app_ack_destination: str = "") -> None:
         self.store = store
@@ -143,7 +181,6 @@ class Pipeline:
         self.on_outbox = on_outbox  # called (from the worker thread) when rows were queued
         self.classifier = classifier
         self.outbox_builders = list(outbox_builders)
-        self.batch_size = batch_size
         self.log_hash_key = log_hash_key
 
     def process(self, messages: Sequence[StoredMessage]) -> list[Outcome]:
@@ -162,8 +199,7 @@ class Pipeline:
         if to_score:
             started = time.perf_counter()
             try:
-                scored = self.classifier.score_orders([o for _, o in to_score],
-                                                      batch_size=self.batch_size)
+                scored = self.classifier.score_orders([o for _, o in to_score])
                 if len(scored) != len(to_score):
                     raise RuntimeError(f"{len(scored)} suggestions for {len(to_score)} orders")
             except Exception as exc:  # a model failure must not lose the messages

@@ -92,6 +92,14 @@ class SecuritySettings(BaseModel):
     #: Development only: no authentication at all. Refused unless set explicitly.
     allow_anonymous: bool = False
 
+    #: The worklist's sign-in sessions (adapter/sessions.py): the key that signs the session
+    #: cookie (HMAC-SHA256). Empty: a random key per process (a restart signs everyone out;
+    #: replicas behind one address need a shared key).
+    session_secret: str = Field(default="", repr=False)
+    session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
+    #: The session cookie only over HTTPS (set it when TLS ends in front of the service).
+    session_cookie_secure: bool = False
+
     #: Key of the keyed hash of identifiers in logs (HMAC-SHA256); a per-site secret.
     #: Empty: a random key per process (hashes then do not correlate across restarts).
     log_hash_key: str = Field(default="", repr=False)

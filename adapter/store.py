@@ -168,6 +168,15 @@ class FeedbackRow:
     suggested_protocol: str
     model_version: str
     order: Order | None
+    reason: str = ""  # a rejection's reason, as the radiologist gave it
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    """A suggestion with its order, for the radiologists' worklist."""
+
+    suggestion: StoredSuggestion
+    order: StoredOrder
 
 
 @dataclass(frozen=True)
@@ -263,7 +272,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     outcome TEXT NOT NULL,
     protocol TEXT,
     actor TEXT NOT NULL,
-    created_at {real} NOT NULL
+    created_at {real} NOT NULL,
+    reason TEXT
 );
 CREATE TABLE IF NOT EXISTS audit (
     id TEXT PRIMARY KEY,
@@ -378,7 +388,17 @@ class Store:
             for statement in _SCHEMA.format(real=self._real).split(";"):
                 if statement.strip():
                     cur.execute(statement)
+        self._add_column("feedback", "reason", "TEXT")  # stores made before the column
         return self
+
+    def _add_column(self, table: str, column: str, kind: str) -> None:
+        try:
+            self._one(f"SELECT {column} FROM {table} LIMIT 0", ())
+        except StoreUnavailable:
+            raise
+        except Exception:
+            with self._tx() as cur:
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def _conn(self) -> Any:
         if self._closed:
@@ -833,8 +853,11 @@ class Store:
     # -- feedback and audit ---------------------------------------------------------------
 
     def record_feedback(self, suggestion_id: str, *, outcome: FeedbackOutcome,
-                        protocol: str | None, actor: str) -> FeedbackRow:
-        """A radiologist's verdict on a suggestion; the suggestion's status becomes `outcome`."""
+                        protocol: str | None, actor: str, reason: str = "",
+                        outbox: Sequence[OutboxItem] = ()) -> FeedbackRow:
+        """A radiologist's verdict on a suggestion; the suggestion's status becomes `outcome`.
+        `outbox` (the verdict's write-backs: the Task at the EHR, the final protocol to the
+        RIS) is queued in the same transaction."""
         if outcome not in FEEDBACK_OUTCOMES:
             raise ValueError(f"outcome must be one of {FEEDBACK_OUTCOMES}, not {outcome!r}")
         feedback_id, now = new_id(), _now()
@@ -843,11 +866,16 @@ class Store:
             if cur.fetchone() is None:
                 raise NotFound(f"no suggestion {suggestion_id}")
             cur.execute(self._sql(
-                "INSERT INTO feedback (id, suggestion_id, outcome, protocol, actor, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)"),
-                (feedback_id, suggestion_id, outcome, protocol, actor, now))
+                "INSERT INTO feedback (id, suggestion_id, outcome, protocol, actor, created_at, "
+                "reason) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+                (feedback_id, suggestion_id, outcome, protocol, actor, now, reason or None))
             cur.execute(self._sql("UPDATE suggestions SET status = ? WHERE id = ?"),
                         (outcome, suggestion_id))
+            cur.execute(self._sql("SELECT message_id FROM suggestions WHERE id = ?"),
+                        (suggestion_id,))
+            message_id = cur.fetchone()[0]
+            for item in outbox:
+                self._insert_outbox(cur, item, suggestion_id, message_id, now)
         rows = self.feedback_rows(suggestion_id=suggestion_id)
         return next(r for r in rows if r.id == feedback_id)
 
@@ -855,7 +883,7 @@ class Store:
                       limit: int = 100000) -> list[FeedbackRow]:
         """Feedback with what was suggested and the order it was for (for retraining)."""
         sql = ("SELECT f.id, f.suggestion_id, f.outcome, f.protocol, f.actor, f.created_at, "
-               "s.protocol, s.model_version, o.order_json FROM feedback f "
+               "s.protocol, s.model_version, o.order_json, f.reason FROM feedback f "
                "JOIN suggestions s ON s.id = f.suggestion_id "
                "LEFT JOIN orders o ON o.id = s.order_id")
         clauses, args = [], []
@@ -870,8 +898,23 @@ class Store:
         rows = self._all(sql + f" ORDER BY f.created_at, f.id LIMIT {int(limit)}", tuple(args))
         return [FeedbackRow(id=r[0], suggestion_id=r[1], outcome=r[2], protocol=r[3], actor=r[4],
                             created_at=_dt(r[5]), suggested_protocol=r[6], model_version=r[7],
-                            order=Order.model_validate_json(r[8]) if r[8] else None)
+                            order=Order.model_validate_json(r[8]) if r[8] else None,
+                            reason=r[9] or "")
                 for r in rows]
+
+    def worklist(self, statuses: Sequence[str], *, limit: int = 500) -> list[WorklistRow]:
+        """The newest suggestions in these statuses (pending, accepted, changed, rejected) of
+        active orders, with their orders; newest first (the caller ranks by priority)."""
+        if not statuses:
+            return []
+        cols = ", ".join("s." + c.strip() for c in _SUGGESTION_COLS.split(","))
+        ocols = ", ".join("o." + c.strip() for c in _ORDER_COLS.split(","))
+        marks = ", ".join("?" for _ in statuses)
+        rows = self._all(f"SELECT {cols}, {ocols} FROM suggestions s JOIN orders o "
+                         f"ON o.id = s.order_id WHERE s.status IN ({marks}) "
+                         "AND o.status = 'active' ORDER BY s.created_at DESC, s.id DESC "
+                         f"LIMIT {int(limit)}", tuple(statuses))
+        return [WorklistRow(_suggestion(r[:6]), _order(r[6:])) for r in rows]
 
     def append_audit(self, actor: str, action: str, entity_type: str, entity_id: str,
                      detail: dict[str, Any] | None = None) -> str:
@@ -883,6 +926,20 @@ class Store:
                 (audit_id, _now(), actor, action, entity_type, entity_id,
                  json.dumps(detail or {}, sort_keys=True, default=str)))
         return audit_id
+
+    def append_audit_many(self, events: Sequence[tuple[str, str, str, str, dict[str, Any]]]
+                          ) -> list[str]:
+        """Several (actor, action, entity_type, entity_id, detail) events, one transaction."""
+        ids, now = [], _now()
+        with self._tx() as cur:
+            for actor, action, entity_type, entity_id, detail in events:
+                ids.append(new_id())
+                cur.execute(self._sql(
+                    "INSERT INTO audit (id, at, actor, action, entity_type, entity_id, detail) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)"),
+                    (ids[-1], now, actor, action, entity_type, entity_id,
+                     json.dumps(detail or {}, sort_keys=True, default=str)))
+        return ids
 
     def audit_rows(self, *, actor: str | None = None, action: str | None = None,
                    entity_type: str | None = None, entity_id: str | None = None,

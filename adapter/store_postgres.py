@@ -46,8 +46,17 @@ class PostgresStore(Store):
         # table lock, which could deadlock with that replica's transactions.
         with self._tx() as cur:
             cur.execute("SELECT to_regclass('audit') IS NOT NULL")
-            if cur.fetchone()[0]:
-                return self
+            exists = cur.fetchone()[0]
+        if exists:
+            # A store made before feedback.reason: the column is added once (checked first,
+            # so a current schema takes no table lock).
+            with self._tx() as cur:
+                cur.execute("SELECT 1 FROM information_schema.columns WHERE table_name = "
+                            "'feedback' AND column_name = 'reason' "
+                            "AND table_schema = current_schema()")
+                if cur.fetchone() is None:
+                    cur.execute("ALTER TABLE feedback ADD COLUMN IF NOT EXISTS reason TEXT")
+            return self
         # Replicas starting together must not race on CREATE TABLE IF NOT EXISTS.
         with self._tx() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(727274)")

@@ -139,3 +139,43 @@ def _observations(suggestion: Suggestion, style: str) -> list[str]:
             "Y" if suggestion.abstained else "N"),
         obx(3, "ST", "RP-MODEL", "Protocol suggestion model version", suggestion.model_version),
     ]
+
+
+def verdict_to_message(
+    order: Order,
+    suggestion: Suggestion,
+    catalog: Catalog,
+    *,
+    outcome: Literal["accepted", "changed", "rejected"],
+    protocol: str | None,
+    reason: str = "",
+    style: Literal["omi", "orm"] = "omi",
+    control_id: str,
+    **header: str | None,
+) -> str:
+    """The radiologist's verdict as the same OMI^O23 / ORM^O01 write-back as the suggestion
+    (suggestion_to_message), carrying the final protocol: in IPC-6 / OBR-4.4-6 the protocol
+    accepted or chosen instead (none for a rejection), an OBX RP-VERDICT with the outcome
+    and an NTE that says who decided. `header`: the sending / receiving application and
+    facility and the version, as suggestion_to_message takes them."""
+    if outcome not in ("accepted", "changed", "rejected"):
+        raise ValueError(f"outcome must be accepted, changed or rejected, not {outcome!r}")
+    final = protocol if outcome != "rejected" else None
+    shown = suggestion.model_copy(update={
+        "protocol": final or suggestion.protocol, "abstained": final is None,
+        "abstain_reason": "rejected by the radiologist" if final is None else ""})
+    text = {"accepted": f"Protocol {final} accepted by the radiologist",
+            "changed": f"Protocol changed by the radiologist to {final} "
+                       f"(suggested: {suggestion.protocol})",
+            "rejected": "Suggested protocol rejected by the radiologist"}[outcome]
+    if reason:
+        text += f": {reason}"
+    segments = suggestion_to_message(order, shown, catalog, style=style, control_id=control_id,
+                                     **header).split("\r")  # type: ignore[arg-type]
+    last_obx = max(i for i, s in enumerate(segments) if s.startswith("OBX|"))
+    segments[last_obx + 1:last_obx + 1] = [
+        f"OBX|4|ST|RP-VERDICT^{_e('Radiologist verdict')}^{PROTOCOL_CODING_SYSTEM}||"
+        f"{outcome}||||||F",
+        f"NTE|2|O|{_e(text)}",
+    ]
+    return "\r".join(segments)

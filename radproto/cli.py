@@ -137,9 +137,6 @@ def _command(subparsers, name: str, help_text: str, handler: Callable[[argparse.
     return parser
 
 
-_SCORING_TOLERANCE = ("0 (default): the exact distribution; e.g. 1e-4: every probability "
-                      "within that of the exact one, top 3 exact, fewer tree nodes run")
-
 
 # What the service's default model is, today. (Keep it true: it is the one place that says.)
 _SERVE_MODEL = ("a model directory, models:/NAME@ALIAS, models:/NAME/N or 'embedded' (the "
@@ -200,7 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N orders only")
     p.add_argument("--baseline-train", type=Path, default=None,
                    help="training file for the TF-IDF baseline (default: train.* next to --data)")
-    p.add_argument("--scoring-tolerance", type=float, default=0.0, help=_SCORING_TOLERANCE)
 
     p = _command(sub, "predict", "Suggest protocols for every order in a file.", _predict)
     p.add_argument("--input", type=Path, required=True, help="order file")
@@ -208,7 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
     p.add_argument("--batch-size", type=int, default=16, help="orders per batch")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
-    p.add_argument("--scoring-tolerance", type=float, default=0.0, help=_SCORING_TOLERANCE)
 
     p = _command(sub, "serve", "Run the adapter service (MLLP + HTTP).", _serve)
     p.add_argument("--config", type=Path, default=None, help="service config file (YAML)")
@@ -249,6 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="service config file (YAML)")
     p.add_argument("--store", default=None, help="store URL (default: the service's)")
     p.add_argument("--since", default=None, help="only feedback at or after this ISO date")
+
+    p = _command(sub, "keys", "Create, list and revoke API keys (the key file of "
+                 "security.api_keys_file; keys are stored as SHA-256 hashes).", _keys)
+    actions = p.add_subparsers(dest="keys_command", required=True,
+                               parser_class=_EnvDefaultsParser)
+    for name, text in (("create", "a new key for a role: printed once, its hash appended to "
+                        "the key file (created with mode 600)"),
+                       ("list", "names, roles and hash prefixes (never keys)"),
+                       ("revoke", "remove the key with this name")):
+        a = actions.add_parser(name, help=text, description=text)
+        a.add_argument("--keys-file", type=Path, default=None,
+                       help="the key file (default: security.api_keys_file of the config)")
+        a.add_argument("--config", type=Path, default=None, help="service config file (YAML)")
+        if name == "create":
+            a.add_argument("--role", required=True, choices=["integration", "radiologist",
+                                                             "admin"], help="the key's role")
+            a.add_argument("--name", default=None, help="a unique name (default ROLE-N)")
+        elif name == "revoke":
+            a.add_argument("name", help="the key's name (radproto keys list)")
     return parser
 
 
@@ -314,10 +328,26 @@ def _predict(args: argparse.Namespace) -> int:
     return predict_from_cli(args, catalog=catalog)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from radproto.adapter.service import serve_from_cli
+class _StopDuringStartup(BaseException):
+    """SIGINT/SIGTERM before the service has installed its own handlers."""
 
-    return serve_from_cli(args)
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise _StopDuringStartup
+
+    # Until the service's event loop owns SIGINT/SIGTERM (imports, settings, opening the
+    # store), a stop ends the command here, cleanly and with status 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    try:
+        from radproto.adapter.service import serve_from_cli
+
+        return serve_from_cli(args)
+    except _StopDuringStartup:
+        return 0
 
 
 
@@ -332,6 +362,12 @@ def _purge(args: argparse.Namespace) -> int:
 
     return purge_from_cli(args)
 
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from radproto.adapter.keyfile import keys_from_cli
+
+    return keys_from_cli(args)
 
 
 def _export_feedback(args: argparse.Namespace) -> int:
