@@ -1,0 +1,155 @@
+"""The worklist in a real Chromium (Debian's /usr/bin/chromium, driven by Playwright): a
+radiologist signs in, sees an order that arrived over MLLP a moment earlier appear without a
+reload, accepts one suggestion and changes another with the keyboard alone; the RIS (a
+listening MLLP peer) gets the final protocol and the EHR (the Medplum FHIR server) the
+updated Task. Also: the integration role gets 403, a verdict without the CSRF token is
+refused, every view of clinical text is audited.
+
+`make test` installs chromium (apt) and playwright (requirements-dev.txt).
+RADPROTO_UPDATE_SCREENSHOT=1 also writes the 1366x768 screenshot to docs/worklist.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from test_worklist_api import (  # noqa: F401 (fixtures)
+    KEYS,
+    fhir_server,
+    key,
+    running,
+    wait_for,
+)
+
+from radproto.adapter.auth import hash_api_key
+
+CHROMIUM = "/usr/bin/chromium"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "worklist.png"
+
+
+@pytest.fixture
+async def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install "
+                    "chromium chromium-driver)", pytrace=False)
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield chromium
+        await chromium.close()
+
+
+def task_at_ehr(fhir_base: str, message_id: str) -> dict:
+    entries = httpx.get(f"{fhir_base}/Task", params={
+        "identifier": f"urn:radproto:suggestion|{message_id}"}).json().get("entry") or []
+    return entries[0]["resource"] if entries else {}
+
+
+async def test_radiologist_works_the_list_with_the_keyboard(running, browser, tmp_path):  # noqa: F811
+    # An order that came by FHIR (urgent), written to the EHR as a Task.
+    async with httpx.AsyncClient(base_url=running.base) as http:
+        sr = {"resourceType": "ServiceRequest", "id": "sr-b1", "status": "active",
+              "intent": "order", "priority": "urgent", "code": {"text": "MRI knee"},
+              "subject": {"reference": "#p"}, "reasonCode": [{"text": "twisted knee, locking"}],
+              "note": [{"text": "prior ACL repair 2019"}]}
+        created = await http.post("/fhir/ServiceRequest", json=sr, headers=key("integration"))
+        assert created.status_code == 201, created.text
+    fhir = await running.wait_suggested("sr-b1")
+    await wait_for(lambda: task_at_ehr(running.fhir_base, fhir.message_id).get("id"),
+                   what="the Task at the EHR")
+
+    # The integration role is refused the page.
+    integration = await browser.new_context(extra_http_headers=key("integration"))
+    response = await (await integration.new_page()).goto(running.base + "/worklist")
+    assert response.status == 403
+    await integration.close()
+
+    context = await browser.new_context(viewport={"width": 1366, "height": 768})
+    page = await context.new_page()
+    await page.goto(running.base + "/worklist")
+    assert page.url.endswith("/worklist/login")
+    await page.fill("#api_key", KEYS["radiologist"])
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(running.base + "/worklist")
+    cookie = next(c for c in await context.cookies() if c["name"] == "radproto_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    await page.wait_for_selector(f'tr[data-id="{fhir.id}"]')
+    await page.evaluate("window.__notReloaded = true")
+
+    # An order arrives over MLLP while the page is open: it appears without a reload.
+    await running.send_hl7("b2", "ACC-B2", "CT ABDOMEN PELVIS WITH CONTRAST",
+                           reason="suspected appendicitis, RLQ pain")
+    hl7 = await running.wait_suggested("ACC-B2")
+    row = page.locator(f'tr[data-id="{hl7.id}"]')
+    await row.wait_for(timeout=15000)
+    assert await page.evaluate("window.__notReloaded === true")
+    assert "suspected appendicitis" in await row.inner_text()
+    assert await page.locator("tr.row").count() == 2
+    # Urgent (FHIR) first; the page fits 1366 pixels without horizontal scrolling.
+    ids = await page.locator("tr.row").evaluate_all("rows => rows.map(r => r.dataset.id)")
+    assert ids == [fhir.id, hl7.id]
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 1366
+    shot = tmp_path / "worklist.png"
+    await page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("RADPROTO_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+    # A verdict without the CSRF token is refused, even with the session cookie.
+    status = await page.evaluate(f"""async () => (await fetch("/worklist/verdict", {{
+        method: "POST", headers: {{"Content-Type": "application/json"}},
+        body: JSON.stringify({{suggestion_id: "{hl7.id}", outcome: "accepted"}})}})).status""")
+    assert status == 403
+    assert running.store.feedback_rows() == []
+
+    # Keyboard only: j moves to the HL7 order, a accepts it.
+    await page.keyboard.press("j")
+    assert await row.get_attribute("class") == "row selected"
+    await page.keyboard.press("a")
+    await page.locator(f'tr[data-id="{hl7.id}"]').wait_for(state="detached", timeout=15000)
+    # k back to the FHIR order, c opens the type-ahead, Enter takes the first match.
+    await page.keyboard.press("k")
+    await page.keyboard.press("c")
+    await page.keyboard.type("MRI Lumbar Spine WO")
+    first = page.locator("#choices li").first
+    assert (await first.inner_text()).startswith("MRI Lumbar Spine WO Contrast")
+    await page.keyboard.press("Enter")
+    await page.locator(f'tr[data-id="{fhir.id}"]').wait_for(state="detached", timeout=15000)
+    assert await page.locator("#empty").is_visible()
+    await context.close()
+
+    verdicts = {r.suggestion_id: r for r in running.store.feedback_rows()}
+    assert verdicts[hl7.id].outcome == "accepted" and verdicts[hl7.id].protocol == hl7.protocol
+    assert verdicts[fhir.id].outcome == "changed"
+    assert verdicts[fhir.id].protocol == "MRI Lumbar Spine WO Contrast"
+
+    # The RIS gets the final protocol: an ORM^O01 (the order was v2.3.1), OBR-4.4-6.
+    [message] = await wait_for(
+        lambda: [m for m in running.ris.received if "RP-VERDICT" in m], what="the RIS verdict")
+    segments = {s.split("|")[0]: s.split("|") for s in message.split("\r")}
+    assert segments["MSH"][8].startswith("ORM^O01") and segments["ORC"][1] == "SC"
+    assert segments["OBR"][4].split("^")[4] == hl7.protocol
+    verdict_obx = next(s for s in message.split("\r") if "RP-VERDICT" in s)
+    assert verdict_obx.split("|")[5] == "accepted"
+
+    # The EHR's Task shows the change.
+    def changed_task() -> dict | None:
+        task = task_at_ehr(running.fhir_base, fhir.message_id)
+        return task if task.get("status") == "rejected" else None
+
+    task = await wait_for(changed_task, what="the changed Task at the EHR")
+    assert task["businessStatus"]["coding"][0]["code"] == "changed"
+    [chosen] = [o for o in task["output"] if o["type"]["coding"][0]["code"] == "chosen-protocol"]
+    assert chosen["valueCodeableConcept"]["text"] == "MRI Lumbar Spine WO Contrast"
+
+    # Each view of clinical text is audited: who, which order.
+    actor = f"api-key:{hash_api_key(KEYS['radiologist'])[:12]}"
+    reads = running.store.audit_rows(actor=actor, action="read", entity_type="Order")
+    assert {fhir.order_id, hl7.order_id} <= {r.entity_id for r in reads}
+    assert {r.detail["view"] for r in reads} == {"worklist"}
