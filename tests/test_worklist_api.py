@@ -348,3 +348,31 @@ def test_keys_create_list_revoke(tmp_path, capsys, monkeypatch):
     assert load_api_keys(path).authenticate(new_key) is None
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert main(["keys", "revoke", "dr-who"]) == 2
+
+
+class AbstainingClassifier(KeywordClassifier):
+    """Abstains on every order (a model below its confidence threshold)."""
+
+    def _one(self, order):
+        suggestion = super()._one(order)
+        return suggestion.model_copy(update={"abstained": True,
+                                             "abstain_reason": "below threshold"})
+
+
+async def test_an_abstention_is_marked_and_needs_a_chosen_protocol(running):
+    running.service.context.worker.pipeline.classifier = AbstainingClassifier()
+    await running.send_hl7("ab1", "ACC-AB1", "XR CHEST")
+    stored = await running.wait_suggested("ACC-AB1")
+    assert stored.suggestion.abstained
+    async with httpx.AsyncClient(base_url=running.base, headers=key("radiologist")) as http:
+        page = await http.get("/worklist")
+        assert 'class="row abstained"' in page.text and "ABSTAINED" in page.text
+        [row] = (await http.get("/worklist/items?status=abstained")).json()["items"]
+        assert row["abstained"] and row["status"] == "abstained"
+        assert (await http.get("/worklist/items?status=suggested")).json()["items"] == []
+        refused = await http.post("/worklist/verdict", json={"suggestion_id": stored.id,
+                                                             "outcome": "accepted"})
+        assert refused.status_code == 422
+        chosen = await http.post("/worklist/verdict", json={
+            "suggestion_id": stored.id, "outcome": "changed", "protocol": stored.protocol})
+        assert chosen.status_code == 201 and chosen.json()["outcome"] == "changed"
