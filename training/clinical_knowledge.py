@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from radproto.model.catalog import Protocol
 from radproto.training.knowledge_base import (
     Indication,
@@ -25,10 +27,12 @@ from radproto.training.knowledge_base import (
     protocol,
 )
 from radproto.training.knowledge_body import BODY, HEMATURIA
+from radproto.training.knowledge_extra import EXTRA, MODIFIER_TEXT, TRAUMA_WORDS, extend
 from radproto.training.knowledge_neuro import NEURO, STROKE
 from radproto.training.knowledge_other import OTHER
 
-KNOWLEDGE: dict[str, ProtocolKnowledge] = {k.name: k for k in (*NEURO, *BODY, *OTHER)}
+KNOWLEDGE: dict[str, ProtocolKnowledge] = {
+    k.name: extend(k, EXTRA.get(k.name)) for k in (*NEURO, *BODY, *OTHER)}
 SCENARIOS: dict[str, ProtocolKnowledge] = {k.name: k for k in (STROKE, HEMATURIA)}
 
 
@@ -124,8 +128,20 @@ MODIFIERS: dict[str, Modifier] = {m.key: m for m in (
         "denies trauma | no trauma | no injury | no recent fall | atraumatic | no known trauma",
         contradicted_by=r"trauma|injur|fall|fell|MVC|assault|fractur|\bfx\b|struck|\bhit\b|"
         r"punch|GSW|stab|dislocat|sprain|tear|twist|blowout|diving|height|ladder|seatbelt|"
-        r"laceration|biopsy|hemotympanum|instabilit|giving way|athlete"),
+        r"laceration|biopsy|hemotympanum|instabilit|giving way|athlete|" + TRAUMA_WORDS),
+    _modifier(
+        "weight_limit",
+        "weight {205-260} kg, exceeds MRI table limit | BMI {60-75}, will not fit MRI bore | "
+        "body habitus precludes MRI ({200-250} kg) | too large for MRI scanner | "
+        "wt {210-260} kg - over MRI weight limit | bariatric pt, exceeds MR table",
+        "weight {55-110} kg | BMI {21-33} | fits scanner",
+        "E66.01 Morbid (severe) obesity due to excess calories; Z68.45 Body mass index "
+        "[BMI] 70 or greater, adult"),
 )}
+
+MODIFIERS = {key: replace(m, evidence=m.evidence + alts(MODIFIER_TEXT[key][0]),
+                          negations=m.negations + alts(MODIFIER_TEXT[key][1]))
+             if key in MODIFIER_TEXT else m for key, m in MODIFIERS.items()}
 
 _MRI_BRAIN_TO_CT = (0, 1, 3, 4)  # tumor, metastases, seizure, infection (not MS: CT is useless)
 
@@ -156,6 +172,10 @@ REDIRECTS: tuple[Redirect, ...] = (
              indications=(0, 1, 2, 3)),
     Redirect("MRI Lumbar Spine WO Contrast", ("claustrophobia",),
              ("CT Lumbar Spine WO Contrast",), indications=(0, 1, 2, 3)),
+    Redirect("MRI Lumbar Spine WO Contrast", ("weight_limit",),
+             ("CT Lumbar Spine WO Contrast",), indications=(0, 1, 2, 3), weight=0.6),
+    Redirect("MRI Brain W and WO Contrast", ("weight_limit",), ("CT Head W and WO Contrast",),
+             indications=_MRI_BRAIN_TO_CT, weight=0.6),
     Redirect("scenario:stroke", ("stroke_acute",), ("CTA Head and Neck",)),
     Redirect("scenario:stroke", ("stroke_extended",), ("CT Brain Perfusion",)),
     Redirect("scenario:stroke", ("stroke_remote",), ("MRI Brain WO Contrast",)),
@@ -188,7 +208,7 @@ def neutral_modifiers(target: Protocol) -> tuple[str, ...]:
     if modality in ("US", "XR", "NM") or (modality == "CT" and contrast == "none"):
         neutral.append("renal_failure")  # (gadolinium at eGFR < 30 is a judgement call: skip)
     if modality != "MR":
-        neutral += ["pacemaker", "claustrophobia"]
+        neutral += ["pacemaker", "claustrophobia", "weight_limit"]
     if modality == "US" and "pelvis" not in target.body_region and target.name != "US Scrotum":
         neutral.append("pregnancy")  # ultrasound is the pregnancy-safe choice anyway
     if "spine" not in target.body_region:

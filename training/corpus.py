@@ -42,6 +42,14 @@ from radproto.training.clinical_knowledge import (
     source_knowledge,
 )
 from radproto.training.knowledge_base import Indication, ProtocolKnowledge, fill
+from radproto.training.knowledge_variety import (
+    admin_item,
+    britishize,
+    misspell_common,
+    noise_items,
+    vary,
+    with_units,
+)
 from radproto.training.orderfile import write_orders
 
 STYLES: tuple[str, ...] = ("terse", "template", "narrative", "coded", "typo")
@@ -53,7 +61,15 @@ _P_RELEVANT_DENIAL = 0.5  # a denial of a modifier that would matter for this pr
 _P_SECOND_DENIAL = 0.15
 _P_STRAY_DENIAL = 0.15  # a denial unrelated to this protocol's decisions
 _P_NEUTRAL_MODIFIER = 0.1  # a modifier present that does not matter here
-_EXAM_PRECISE, _EXAM_VAGUE = 0.2, 0.55  # else empty
+_P_NOISE = 0.5  # comorbidities or routine medications that decide nothing
+_P_ADMIN = 0.3  # ordering chatter ("STAT", "call results to ...")
+_P_UNITS, _P_SI_UNITS = 0.45, 0.3  # labs written with units; of those, SI units
+_SYNONYM_RATE = 0.35  # chance that each synonym pattern found is rewritten
+_P_BRITISH = 0.1
+_P_LOWER = 0.15  # a non-messy order typed in lower case
+_EXAM_PRECISE, _EXAM_VAGUE = 0.2, 0.5  # else empty (~30% in real orders)
+_P_EXAM_MISLEADING = 0.1  # of the non-empty: an exam naming a different study
+_P_EXAM_UPPER = 0.25  # RIS exam names are often upper case
 _NEUTRAL_EXAMS = ("imaging", "see notes", "radiology consult", "imaging per radiology",
                   "protocol per radiologist")
 
@@ -178,19 +194,37 @@ def _draw_facts(route: Route, target: Protocol, rng: random.Random) -> Facts:
         pool = tuple(p for p in pool if fits(p) and p.split()[0] not in measured)
         if pool and rng.random() < chance:
             into.append(fill(rng.choice(pool), rng))
+    if rng.random() < _P_NOISE:  # comorbidities and medications that decide nothing
+        noise, meds = noise_items(rng, sex, None)
+        into = extras if meds or rng.random() < 0.3 else history
+        into.extend(item for item in noise if fits(item))
+        rng.shuffle(into)
+    admin = []
+    if rng.random() < _P_ADMIN:
+        admin = [admin_item(rng) for _ in range(rng.choice((1, 1, 2)))]
+        admin = [a for a in admin if not ("weight_limit" in present and "weight" in a)]
     return Facts(
         age=age, sex=sex, show_demographics=rng.random() < 0.9,
         indication=fill(rng.choice(indication.phrases), rng), icd=icd, findings=findings,
-        history=history, extras=extras, evidence=evidence, denials=denials, modifiers=present,
+        history=history, extras=extras, evidence=evidence,
+        denials=_insert_anywhere(denials, admin, rng), modifiers=present,
     )
 
 
-_SPINE_COMPLAINT = re.compile(r"recurrent|failed back|radicular")
+def _insert_anywhere(items: list[str], extra: list[str], rng: random.Random) -> list[str]:
+    items = list(items)
+    for item in extra:
+        items.insert(rng.randint(0, len(items)), item)
+    return items
+
+
+_SPINE_COMPLAINT = re.compile(r"recurrent|failed back|radicular|pain|sciatica|sx|symptom|scar")
 _FEMALE_ONLY = re.compile(r"\b(OCPs?|estrogen|tamoxifen|breast|ovar|endometri|PCOS|HRT|uter)",
                           re.I)
 _MALE_ONLY = re.compile(r"\b(BPH|prostat)", re.I)
 _RENAL_LAB = re.compile(r"\b(Cr|eGFR|BUN|ESRD|CKD)\b|dialysis")
-_NOT_PREGNANT = re.compile(r"\b(OCPs?|estrogen|tamoxifen|HRT)\b|hCG neg", re.I)
+_NOT_PREGNANT = re.compile(r"\b(OCPs?|estrogen|tamoxifen|HRT)\b|hCG neg|birth control|"
+                           r"Xeljanz|postmenopausal", re.I)
 
 
 def _consistent(item: str, sex: str, present: list[str]) -> bool:
@@ -429,9 +463,39 @@ def _vague_exams(target: Protocol, known: ProtocolKnowledge | None) -> tuple[str
     return tuple(f"{word} {region}" for word in modality_words(target.modality))
 
 
-def _ordered_exam(route: Route, target: Protocol, rng: random.Random) -> str:
+def _neighbours(catalog: Catalog) -> dict[str, list[Protocol]]:
+    """For each protocol, the others a referrer might order instead: same body part (another
+    modality or contrast) or same modality (a neighbouring part)."""
+    def parts(p: Protocol) -> set[str]:
+        return set(re.split(r"[/ ]", p.body_region)) - {"", "and"}
+    out = {}
+    for target in catalog:
+        same_part = [p for p in catalog if p.name != target.name and parts(p) & parts(target)]
+        same_modality = [p for p in catalog if p.name != target.name
+                         and p.modality == target.modality and p not in same_part]
+        out[target.name] = same_part + same_part + same_modality  # the same part twice as often
+    return out
+
+
+def _ordered_exam(route: Route, target: Protocol, rng: random.Random,
+                  neighbours: dict[str, list[Protocol]]) -> str:
+    exam = _exam_text(route, target, rng, neighbours)
+    if exam and rng.random() < _P_EXAM_UPPER:
+        exam = exam.upper()
+    return exam
+
+
+def _exam_text(route: Route, target: Protocol, rng: random.Random,
+               neighbours: dict[str, list[Protocol]]) -> str:
     known = KNOWLEDGE.get(target.name)
     r = rng.random()
+    if r < _EXAM_PRECISE + _EXAM_VAGUE and neighbours[target.name] and (
+            rng.random() < _P_EXAM_MISLEADING):
+        other = rng.choice(neighbours[target.name])  # the referrer named another study
+        other_known = KNOWLEDGE.get(other.name)
+        pool = (_precise_exams(other, other_known) if rng.random() < 0.5
+                else list(_vague_exams(other, other_known)))
+        return fill(rng.choice(pool), rng)
     if r < _EXAM_PRECISE:
         return fill(rng.choice(_precise_exams(target, known)), rng)
     if r < _EXAM_PRECISE + _EXAM_VAGUE:
@@ -455,6 +519,7 @@ def generate_examples(catalog: Catalog | None = None, *, seed: int = 13,
     rng = random.Random(seed)
     plan = plan_routes(catalog)
     labels = [name for name in catalog.names if plan[name]]
+    neighbours = _neighbours(catalog)
     rows = []
     for index in range(size):
         target = catalog.get(labels[index % len(labels)])
@@ -465,10 +530,10 @@ def generate_examples(catalog: Catalog | None = None, *, seed: int = 13,
         style = rng.choices(STYLES, weights=_STYLE_WEIGHTS)[0]
         if style == "coded" and not facts.icd:
             style = "terse"  # a site protocol without ICD-10 knowledge
-        fields = _WRITERS[style](facts, rng)
+        fields = _roughen(_WRITERS[style](facts, rng), style, rng)
         rows.append({
             "id": f"syn-{seed}-{index:06d}",
-            "ordered_exam": _ordered_exam(route, target, rng),
+            "ordered_exam": _ordered_exam(route, target, rng, neighbours),
             "history": _tidy(fields["history"]),
             "diagnosis": _tidy(fields["diagnosis"]),
             "notes": _tidy(fields["notes"]),
@@ -478,6 +543,31 @@ def generate_examples(catalog: Catalog | None = None, *, seed: int = 13,
             "source": route.source.name,
         })
     return rows
+
+
+def _roughen(fields: dict[str, str], style: str, rng: random.Random) -> dict[str, str]:
+    """The same facts written as real orders vary: labs with (SI) units, synonyms and lay
+    terms, British spelling, real misspellings and lower case in messy orders."""
+    units = rng.random() < _P_UNITS
+    si = rng.random() < _P_SI_UNITS
+    british = rng.random() < _P_BRITISH
+    lower = style == "typo" or rng.random() < _P_LOWER
+    out = {}
+    for name, text in fields.items():
+        if units:
+            text = with_units(text, rng, si)
+        if name != "diagnosis" or style != "coded":  # ICD-10 descriptions stay verbatim
+            text = vary(text, rng, _SYNONYM_RATE)
+        if british:
+            text = britishize(text)
+        if style == "typo":
+            text = misspell_common(text, rng, 0.5)
+            if lower and rng.random() < 0.5:
+                text = text.lower()
+        elif lower and style == "terse":
+            text = text.lower()
+        out[name] = text
+    return out
 
 
 def _tidy(text: str) -> str:
