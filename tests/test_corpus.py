@@ -13,12 +13,13 @@ from radproto.cli import main
 from radproto.model.catalog import Catalog, Protocol, default_catalog
 from radproto.model.order import ORDER_FILE_FIELDS
 from radproto.training.corpus import (
+    DEFAULT_DEV_SET,
     STYLES,
     generate_examples,
     normalize_text,
     write_corpus,
 )
-from radproto.training.orderfile import read_orders
+from radproto.training.orderfile import read_orders, write_orders
 
 CATALOG = default_catalog()
 SPLITS = ("train", "validation", "test")
@@ -31,10 +32,11 @@ def examples() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, float]:
-    """The corpus at its default size, as the CLI writes it, with the time it took."""
+    """The corpus at its default size, as the CLI writes it (less the baseline, which trains
+    a TF-IDF model for a minute), with the time it took."""
     out = tmp_path_factory.mktemp("corpus")
     started = time.perf_counter()
-    report = write_corpus(out, catalog=CATALOG)
+    report = write_corpus(out, catalog=CATALOG, baseline=False)
     return out, report, time.perf_counter() - started
 
 
@@ -50,9 +52,12 @@ def test_same_seed_same_examples_other_seed_other_examples() -> None:
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
-    write_corpus(tmp_path / "a", catalog=CATALOG, seed=21, size=1500)
-    write_corpus(tmp_path / "b", catalog=CATALOG, seed=21, size=1500)
+    dev = tmp_path / "dev.jsonl"  # the report's baseline figures must be reproducible too
+    _write_fake_dev(dev)
+    write_corpus(tmp_path / "a", catalog=CATALOG, seed=21, size=1500, dev_set=dev)
+    write_corpus(tmp_path / "b", catalog=CATALOG, seed=21, size=1500, dev_set=dev)
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert "## TF-IDF baseline" in (tmp_path / "a" / "report.md").read_text("utf-8")
     assert names == ["report.md", "test.jsonl", "test.parquet", "train.jsonl", "train.parquet",
                      "validation.jsonl", "validation.parquet"]
     for name in names:
@@ -229,3 +234,50 @@ def test_cli_writes_the_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "Wrote" in capsys.readouterr().out
     rows = read_orders(tmp_path / "train.parquet", require_label=True)
     assert 400 < len(rows) < 600
+
+
+def _write_fake_dev(path: Path) -> None:
+    """A stand-in development file (synthetic rows with a style and a difficulty)."""
+    rows = generate_examples(CATALOG, seed=99, size=120)
+    for i, row in enumerate(rows):
+        row["style"] = ("terse", "messy")[i % 2]
+        row["difficulty"] = ("easy", "medium", "hard")[i % 3]
+    write_orders(path, rows)
+
+
+def test_the_report_scores_tfidf_on_the_test_split_and_the_dev_set(
+        tmp_path: Path) -> None:
+    dev = tmp_path / "dev.jsonl"
+    _write_fake_dev(dev)
+    report = write_corpus(tmp_path / "c", catalog=CATALOG, seed=3, size=1200, dev_set=dev)
+    assert set(report.baseline) == {"test", "dev"}
+    assert report.baseline["dev"]["n"] == 120
+    assert set(report.baseline["dev"]["by_difficulty"]) == {"easy", "medium", "hard"}
+    assert set(report.baseline["dev"]["by_style"]) == {"terse", "messy"}
+    for scores in report.baseline.values():
+        assert 0 <= scores["top1"] <= scores["top3"] <= 1
+    markdown = (tmp_path / "c" / "report.md").read_text("utf-8")
+    assert "### dev by difficulty" in markdown and "| hard |" in markdown
+    assert "TF-IDF baseline trained on train" in report.summary()
+    absent = write_corpus(tmp_path / "d", catalog=CATALOG, seed=3, size=600,
+                          dev_set=tmp_path / "none.jsonl")
+    assert set(absent.baseline) == {"test"}
+
+
+def _order_text(row: dict) -> str:
+    text = " ".join(str(row.get(k) or "") for k in ("history", "diagnosis", "notes"))
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
+
+
+def test_no_dev_order_is_in_the_corpus(corpus) -> None:
+    """The sealed development orders must not leak into the generated corpus (only the count
+    is reported, never the orders)."""
+    if not DEFAULT_DEV_SET.is_file():
+        pytest.skip("eval/dev.jsonl is absent")
+    dev = {_order_text(row) for row in read_orders(DEFAULT_DEV_SET)} - {""}
+    out, _, _ = corpus
+    generated = {_order_text(row) for name in SPLITS
+                 for row in read_orders(out / f"{name}.jsonl")}
+    assert len(dev) > 0
+    leaked = len(dev & generated)
+    assert leaked == 0, f"{leaked} development orders appear in the corpus"

@@ -126,6 +126,25 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray,
     }
 
 
+#: Columns of an evaluation file whose values split the figures (the dev set has both).
+GROUP_KEYS = ("style", "difficulty")
+
+
+def group_accuracy(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str]
+                   ) -> dict[str, dict[str, float]]:
+    """Top-1 and top-3 accuracy within each group of rows (e.g. each style)."""
+    predicted = probs.argmax(axis=1)
+    top3 = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    values = np.asarray(groups)
+    out: dict[str, dict[str, float]] = {}
+    for group in sorted(set(groups)):
+        members = values == group
+        out[group] = {"n": int(members.sum()),
+                      "top1": float((predicted[members] == labels[members]).mean()),
+                      "top3": float((top3[members] == labels[members, None]).any(1).mean())}
+    return out
+
+
 def semantic_similarity(predicted: Sequence[str], truth: Sequence[str],
                         names: Sequence[str]) -> float:
     """Mean TF-IDF char n-gram cosine between predicted and true protocol names (1.0 when
@@ -173,6 +192,41 @@ def baseline_probabilities(model: Any, rows: Sequence[Mapping[str, Any]],
     probs = np.zeros((len(rows), n_classes))
     probs[:, model.classes_] = raw
     return probs
+
+
+def score_baseline(train_rows: Sequence[Mapping[str, Any]],
+                   eval_rows: Sequence[Mapping[str, Any]], names: Sequence[str], *,
+                   groups: Sequence[str] = ("style", "difficulty"),
+                   model: Any = None) -> dict[str, Any]:
+    """The TF-IDF baseline trained on `train_rows` (or the given `model`), scored on
+    `eval_rows`: aggregate figures only, never per-order or per-protocol ones, so it can
+    be run on a sealed development set. Returns {n, skipped, top1, top3, by_<group>:
+    {value: {n, top1, top3}}} for each group column the rows carry."""
+    index = {n: i for i, n in enumerate(names)}
+    kept = [r for r in eval_rows if r.get("label") in index]
+    if model is None:
+        model = train_baseline(train_rows, names)
+    result: dict[str, Any] = {"n": len(kept), "skipped": len(eval_rows) - len(kept),
+                              "top1": 0.0, "top3": 0.0}
+    if not kept:
+        return result
+    probs = baseline_probabilities(model, kept, len(names))
+    labels = np.array([index[r["label"]] for r in kept])
+    top3 = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    hit1 = top3[:, 0] == labels
+    hit3 = (top3 == labels[:, None]).any(axis=1)
+    result.update(top1=float(hit1.mean()), top3=float(hit3.mean()))
+    for group in groups:
+        values = [str(r.get(group) or "") for r in kept]
+        if not any(values):
+            continue
+        table = {}
+        for value in sorted(set(values)):
+            members = np.array([v == value for v in values])
+            table[value] = {"n": int(members.sum()), "top1": float(hit1[members].mean()),
+                            "top3": float(hit3[members].mean())}
+        result[f"by_{group}"] = table
+    return result
 
 
 # ============================================================================ pictures
@@ -278,6 +332,10 @@ def build_report(log_probs: np.ndarray, labels: np.ndarray, catalog: Catalog, *,
     confidence = probs[np.arange(len(labels)), predicted]
     coverage, accuracy, _ = accuracy_coverage_curve(confidence, predicted == labels)
     curves = {"model": (coverage, accuracy)}
+    groups = {key: [str(r.get(key) or "") for r in rows] for key in GROUP_KEYS
+              if any(r.get(key) for r in rows)}
+    for key, values in groups.items():
+        metrics[f"by_{key}"] = group_accuracy(probs, labels, values)
 
     if baseline_train:
         started = time.perf_counter()
@@ -294,6 +352,10 @@ def build_report(log_probs: np.ndarray, labels: np.ndarray, catalog: Catalog, *,
         base_conf = base_probs[np.arange(len(labels)), base_pred]
         b_cov, b_acc, _ = accuracy_coverage_curve(base_conf, base_pred == labels)
         curves["TF-IDF + logistic regression"] = (b_cov, b_acc)
+        for key, values in groups.items():
+            for group, row in group_accuracy(base_probs, labels, values).items():
+                metrics[f"by_{key}"][group].update(
+                    {f"baseline_{k}": v for k, v in row.items() if k != "n"})
     if extra:
         metrics.update(extra)
 
@@ -338,7 +400,19 @@ def _markdown(m: Mapping[str, Any], title: str) -> str:
                         if "median_ms_per_order" in m else "") + ".")
     if has_base:
         lines.append(f"Baseline trained on {m['baseline_n_train']} training orders "
-                     f"({m['baseline_seconds']:.0f} s).")
+                     + (f"of {m['baseline_train']} " if m.get("baseline_train") else "")
+                     + f"({m['baseline_seconds']:.0f} s).")
+    for key in GROUP_KEYS:
+        table = m.get(f"by_{key}")
+        if not table:
+            continue
+        lines += ["", f"## By {key}", "",
+                  f"| {key} | orders | model top-1 | baseline top-1 | model top-3 | "
+                  "baseline top-3 |", "|---|---:|---:|---:|---:|---:|"]
+        for group, row in table.items():
+            lines.append(f"| {group} | {row['n']} | {_pct(row['top1'])} | "
+                         f"{_pct(row.get('baseline_top1'))} | {_pct(row['top3'])} | "
+                         f"{_pct(row.get('baseline_top3'))} |")
     lines += [
         "",
         f"\\* {SIMILARITY_METHOD}. The Databricks accelerator reported a mean semantic "
@@ -368,18 +442,32 @@ def sibling_train_file(data: Path) -> Path | None:
     return None
 
 
+def default_corpus_train_rows(catalog: Catalog) -> list[dict[str, Any]]:
+    """The train split of the default synthetic corpus (`radproto corpus` with its
+    defaults), generated into a scratch directory."""
+    import tempfile
+
+    from radproto.training.corpus import write_corpus
+    from radproto.training.orderfile import read_orders
+
+    with tempfile.TemporaryDirectory(prefix="radproto-corpus-") as scratch:
+        write_corpus(scratch, catalog=catalog)
+        return read_orders(Path(scratch) / "train.jsonl", require_label=True)
+
+
 def score_with_timing(classifier: Any, fields: list[dict[str, Any]], *, batch_size: int = 16,
                       progress: bool = True) -> tuple[np.ndarray, list[float]]:
-    """catalog_log_probs in chunks with a progress bar; per-order seconds of each chunk."""
+    """catalog_log_probs in chunks of `batch_size` orders with a progress bar; per-order
+    seconds of each chunk."""
     from tqdm.auto import tqdm
 
     out, per_order = [], []
-    chunk = batch_size * 4
+    chunk = batch_size
     with tqdm(total=len(fields), unit="order", desc="score", disable=not progress) as bar:
         for start in range(0, len(fields), chunk):
             part = fields[start:start + chunk]
             began = time.perf_counter()
-            out.append(classifier.catalog_log_probs(part, batch_size=batch_size))
+            out.append(classifier.catalog_log_probs(part))
             per_order.append((time.perf_counter() - began) / len(part))
             bar.update(len(part))
     return np.concatenate(out) if out else np.zeros((0, len(classifier.catalog))), per_order
@@ -388,8 +476,7 @@ def score_with_timing(classifier: Any, fields: list[dict[str, Any]], *, batch_si
 def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog: Catalog,
                   tracking_uri: str | None = None, limit: int | None = None,
                   baseline_train: str | Path | None = None, batch_size: int = 16,
-                  progress: bool = True, classifier: Any = None,
-                  scoring_tolerance: float = 0.0) -> dict[str, Any]:
+                  progress: bool = True, classifier: Any = None) -> dict[str, Any]:
     """Score a labelled order file and write the report; returns the metrics."""
     from radproto.training.orderfile import read_orders
     from radproto.training.tracking import load_model
@@ -411,22 +498,24 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
         classifier = load_model(model, catalog=catalog, tracking_uri=tracking_uri)
     else:
         classifier.catalog = catalog
-    classifier.scoring_tolerance = scoring_tolerance
     fields = [{k: r.get(k, "") for k in ORDER_FILE_FIELDS} for r in kept]
     labels = np.array([catalog.names.index(r["label"]) for r in kept])
     log_probs, per_order = score_with_timing(classifier, fields, batch_size=batch_size,
                                              progress=progress)
-    train_rows = None
     train_file = Path(baseline_train) if baseline_train else sibling_train_file(data)
     if train_file is not None:
-        train_rows = [{**r, "label": catalog.resolve(r["label"])}
-                      for r in read_orders(train_file, require_label=True)]
-        train_rows = [r for r in train_rows if r["label"]]
+        train_rows = read_orders(train_file, require_label=True)
+        baseline_source = str(train_file)
     else:
-        log.warning("no training file for the baseline (give --baseline-train)")
+        # e.g. the independent dev set: the baseline learns from the synthetic corpus the
+        # default model was trained on (deterministic: regenerated in seconds)
+        train_rows = default_corpus_train_rows(catalog)
+        baseline_source = "the default synthetic corpus (train split, regenerated)"
+    train_rows = [{**r, "label": catalog.resolve(r["label"])} for r in train_rows]
+    train_rows = [r for r in train_rows if r["label"]]
     extra = {"model": model, "data": str(data), "skipped_unknown_labels": unknown,
+             "baseline_train": baseline_source,
              "model_version": classifier.model_version,
-             "scoring_tolerance": scoring_tolerance,
              "median_ms_per_order": 1000.0 * statistics.median(per_order)}
     return build_report(log_probs, labels, catalog, temperature=classifier.temperature,
                         out_dir=out_dir, rows=kept, baseline_train=train_rows,
@@ -440,8 +529,7 @@ def evaluate_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
     tracking_uri = args.tracking_uri if args.tracking_uri is not None else DEFAULT_TRACKING_URI
     metrics = evaluate_file(args.model, args.data, args.out, catalog=catalog,
                             tracking_uri=tracking_uri, limit=args.limit,
-                            baseline_train=getattr(args, "baseline_train", None),
-                            scoring_tolerance=getattr(args, "scoring_tolerance", 0.0))
+                            baseline_train=getattr(args, "baseline_train", None))
     if tracking_uri:
         run_id = log_evaluation(tracking_uri, args.out, metrics, model_uri=args.model,
                                 data=str(args.data))
@@ -452,5 +540,11 @@ def evaluate_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
         if key in metrics:
             value = metrics[key]
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    for key in GROUP_KEYS:
+        for group, row in (metrics.get(f"by_{key}") or {}).items():
+            base = (f"; baseline top1 {row['baseline_top1']:.4f} top3 "
+                    f"{row['baseline_top3']:.4f}" if "baseline_top1" in row else "")
+            print(f"{key} {group} (n={row['n']}): top1 {row['top1']:.4f} top3 "
+                  f"{row['top3']:.4f}{base}")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
