@@ -90,7 +90,8 @@ SAFE_FIELDS: frozenset[str] = frozenset({
     "message_type", "trigger_event", "hook", "duplicate", "retry_in_s", "batch_size",
     "processed", "hint", "mllp", "uri", "s", "ack", "retry", "size", "stopping", "frames",
     "partial", "error", "tls", "http", "ms", "seconds", "limit", "kind", "action", "withdrawn",
-    "outbox_cancelled", "reject", "severity",
+    "outbox_cancelled", "reject", "severity", "previous", "untrained_protocols",
+    "dropped_protocols",
 })
 #: Extra fields that identify a patient, an order or a person: logged as keyed hashes.
 IDENTIFIER_FIELDS: frozenset[str] = frozenset({
@@ -292,6 +293,16 @@ RETENTION_PURGED = Counter(
 MLLP_PEERS_REFUSED = Counter(
     "radproto_mllp_peers_refused", "MLLP connections refused by the address allow-list.",
     registry=REGISTRY)
+MODEL_INFO = Gauge(
+    "radproto_model_info", "The model in use (value 1): its registry version and catalog "
+    "version; the labels change when the service switches to a new champion.",
+    ["model_version", "catalog_version"], registry=REGISTRY)
+MODEL_UNTRAINED_PROTOCOLS = Gauge(
+    "radproto_model_untrained_protocols", "Protocols of the configured catalog the model in "
+    "use has no trained row for (/readyz names them).", registry=REGISTRY)
+MODEL_DROPPED_PROTOCOLS = Gauge(
+    "radproto_model_dropped_protocols", "Protocols the model in use was trained on that the "
+    "configured catalog lacks (/readyz names them).", registry=REGISTRY)
 
 
 def observe_suggestion(suggestion: Any, seconds: float | None = None) -> None:

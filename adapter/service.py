@@ -3,8 +3,16 @@ process, on embedded defaults (MLLP 127.0.0.1:2575, HTTP 127.0.0.1:8080, SQLite 
 ./radproto-data, the default model trained on first run and reused after).
 
 Start order: store -> MLLP + HTTP (they acknowledge and queue at once) -> model (may train:
-minutes) -> worker -> outbox relay. Shutdown (SIGTERM / SIGINT): stop accepting, let in-flight
-messages get their ACK, finish the worker's batch, stop the relay, close the store.
+minutes, in a child process, adapter/default_model.py) -> worker -> outbox relay. Shutdown
+(SIGTERM / SIGINT, at any moment): stop accepting, let in-flight messages get their ACK, finish
+the worker's batch, pause a first-run training at a checkpoint, stop the relay, close the
+store; the exit status is 0.
+
+While running, a models:/NAME@ALIAS model follows its alias: every `model_poll_s` seconds (and
+at once on SIGHUP) the registry is asked which version the alias names; a new one is loaded
+beside the one serving, then swapped in (a batch being scored finishes on the old one).
+/readyz, /healthz, the log and the radproto_model_info metric name the version in use and the
+protocols of the configured catalog the model has no trained row for (and the reverse).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import os
 import signal
 import socket
 import sys
@@ -26,7 +35,13 @@ from typing import Any
 from radproto.adapter.auth import MllpGuard
 from radproto.adapter.hl7_listener import MessageHandler, MllpListener
 from radproto.adapter.http_app import ServiceContext, create_app
-from radproto.adapter.observability import QUEUE_DEPTH, gauge_from
+from radproto.adapter.observability import (
+    MODEL_DROPPED_PROTOCOLS,
+    MODEL_INFO,
+    MODEL_UNTRAINED_PROTOCOLS,
+    QUEUE_DEPTH,
+    gauge_from,
+)
 from radproto.adapter.pipeline import Classifier, MllpWriteback, Pipeline, log_event
 from radproto.adapter.settings import ServiceSettings, settings_from_cli
 from radproto.adapter.store import Store, open_store
@@ -34,6 +49,8 @@ from radproto.adapter.worker import Worker
 from radproto.model.errors import ConfigError
 
 log = logging.getLogger("radproto.service")
+#: Threads that may be inside torch when a stop comes (see serve_from_cli).
+MODEL_THREADS = ("radproto-model-loader", "radproto-model-poll", "radproto-worker")
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json", hash_key: str = "") -> None:
@@ -47,7 +64,20 @@ def serve_from_cli(args: argparse.Namespace) -> int:
     settings = settings_from_cli(args)
     configure_logging(getattr(args, "log_level", "INFO"), settings.security.log_format,
                       settings.security.log_hash_key)
-    return asyncio.run(run_service(settings))
+    status = asyncio.run(run_service(settings))
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the stop is under way; a second one waits
+        signal.signal(sig, signal.SIG_IGN)
+    busy = [t.name for t in threading.enumerate() if t.name in MODEL_THREADS and t.is_alive()]
+    if busy:
+        # A model still loading (torch, no way to interrupt it) when the interpreter exits
+        # aborts the process ("terminate called without an active exception"). Everything
+        # that writes is stopped and closed by now, so leave without running finalizers.
+        log_event(log, "exit_while_loading", hint="a model load was left unfinished")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def _check_security(settings: ServiceSettings) -> None:
@@ -67,21 +97,26 @@ def _check_security(settings: ServiceSettings) -> None:
 
 
 def load_default_classifier(settings: ServiceSettings, catalog: Any, *,
-                            stop: threading.Event | None = None) -> tuple[Classifier, str]:
-    """The configured model, or the default one (trained first if the registry has none;
-    `stop` set pauses that training at a checkpoint: TrainingInterrupted)."""
+                            stop: threading.Event | None = None, uri: str | None = None,
+                            training: threading.Event | None = None,
+                            ) -> tuple[Classifier, str]:
+    """The configured model (or `uri`), or the default one: models:/radproto@champion,
+    trained first in a child process if the registry has none (`stop` set pauses that
+    training at a checkpoint: TrainingPaused)."""
     from radproto.model.classifier import load_classifier
 
-    uri = settings.model
+    uri = uri or settings.model
     if not uri:
-        from radproto.training.finetune import ensure_default_model
+        from radproto.adapter.default_model import default_model_uri
 
         print("radproto: preparing the default model (trained on first run; this can take "
               "a while, progress follows)", file=sys.stderr, flush=True)
-        uri = ensure_default_model(tracking_uri=settings.tracking_uri, catalog=catalog,
-                                   work_dir=settings.data_dir / "default-model", stop=stop)
+        uri = default_model_uri(
+            tracking_uri=settings.tracking_uri, catalog=settings.catalog,
+            catalog_mode=settings.catalog_mode, work_dir=settings.data_dir / "default-model",
+            preset=settings.default_model_preset, stop=stop or threading.Event(),
+            log_format=settings.security.log_format, running=training)
     classifier = load_classifier(uri, catalog=catalog, tracking_uri=settings.tracking_uri)
-    classifier.scoring_tolerance = settings.scoring_tolerance
     classifier.cuda_batch_tokens = settings.scoring_batch_tokens
     # Readiness waits for this: graph capture and compilation are not the first order's.
     seconds = classifier.prepare_for_serving(compile_kernels=settings.compile_kernels)
@@ -89,6 +124,29 @@ def load_default_classifier(settings: ServiceSettings, catalog: Any, *,
         log_event(log, "model_prepared", s=round(seconds, 1),
                   compile_kernels=settings.compile_kernels)
     return classifier, str(uri)
+
+
+def catalog_differences(classifier: Any) -> dict[str, list[str]]:
+    """Configured protocols the model has no trained row for, and model rows the configured
+    catalog lacks (empty lists for a model that does not tell)."""
+    return {name: sorted(getattr(classifier, name, ()) or ())
+            for name in ("untrained_protocols", "dropped_protocols")}
+
+
+def alias_of(uri: str) -> tuple[str, str] | None:
+    """(NAME, ALIAS) of a models:/NAME@ALIAS URI; None for anything else."""
+    if uri.startswith("models:/") and "@" in uri:
+        name, alias = uri[len("models:/"):].split("@", 1)
+        return name, alias
+    return None
+
+
+def registry_version(name: str, alias: str, tracking_uri: str) -> str:
+    """The version a registry alias names now."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return str(client.get_model_version_by_alias(name, alias).version)
 
 
 class Service:
@@ -106,12 +164,19 @@ class Service:
         self._tasks: list[asyncio.Task] = []
         self._model_thread: threading.Thread | None = None
         self._model_stop = threading.Event()  # set on stop: first-run training pauses
+        self._model_check = threading.Event()  # set by SIGHUP: ask the registry now
+        self._training = threading.Event()  # set while a first-run training child runs
+        self._poll_thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.http_port: int | None = None
 
     async def start(self) -> ServiceContext:
         from radproto.model.catalog import load_catalog
 
         s = self.settings
+        self._loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            self._loop.add_signal_handler(signal.SIGHUP, self.check_model_now)
         _check_security(s)
         store = self._given_store or await asyncio.to_thread(open_store, s.store)
         catalog = (self._given_classifier.catalog if self._given_classifier is not None
@@ -150,7 +215,7 @@ class Service:
         else:
             loop = asyncio.get_running_loop()
             self._model_thread = threading.Thread(target=self._load_model, args=(ctx, loop),
-                                                  daemon=True, name="model-loader")
+                                                  daemon=True, name="radproto-model-loader")
             self._model_thread.start()
         log_event(log, "service_started", mllp=f"{s.host}:{ctx.listener.port}",
                   http=f"{s.host}:{self.http_port}" if s.http_enabled else None,
@@ -172,13 +237,14 @@ class Service:
                           ssl_context=context)
 
     def _load_model(self, ctx: ServiceContext, loop: asyncio.AbstractEventLoop) -> None:
-        from radproto.training.finetune import TrainingInterrupted
+        from radproto.adapter.default_model import TrainingPaused
 
         started = time.perf_counter()
         try:
             classifier, uri = load_default_classifier(self.settings, ctx.catalog,
-                                                      stop=self._model_stop)
-        except TrainingInterrupted:
+                                                      stop=self._model_stop,
+                                                      training=self._training)
+        except TrainingPaused:
             ctx.model_status = "paused"
             log_event(log, "model_training_paused",
                       hint="checkpointed; the next start resumes the training")
@@ -187,15 +253,111 @@ class Service:
             ctx.model_status, ctx.model_error = "failed", f"{type(exc).__name__}: {exc}"[:500]
             log_event(log, "model_failed", logging.ERROR, error=ctx.model_error)
             return
+        if self._model_stop.is_set():
+            return
         ctx.model_uri = uri
-        log_event(log, "model_loaded", uri=uri, s=round(time.perf_counter() - started, 1))
+        log_event(log, "model_loaded", uri=uri, s=round(time.perf_counter() - started, 1),
+                  model_version=getattr(classifier, "model_version", None))
         loop.call_soon_threadsafe(self._model_ready, ctx, classifier, uri)
+
+    # ---------------------------------------------------------------- the model in use
+    def _use_model(self, ctx: ServiceContext, classifier: Classifier, uri: str) -> None:
+        """Make `classifier` the one in use: context, metrics, the log."""
+        previous = getattr(ctx.classifier, "model_version", None)
+        ctx.classifier = classifier
+        ctx.model_uri = uri
+        version = str(getattr(classifier, "model_version", ""))
+        catalog_version = str(getattr(classifier.catalog, "version", ""))
+        differences = catalog_differences(classifier)
+        ctx.extra["model_catalog_differences"] = differences
+        MODEL_INFO.clear()
+        MODEL_INFO.labels(model_version=version, catalog_version=catalog_version).set(1)
+        MODEL_UNTRAINED_PROTOCOLS.set(len(differences["untrained_protocols"]))
+        MODEL_DROPPED_PROTOCOLS.set(len(differences["dropped_protocols"]))
+        if previous is not None:
+            log_event(log, "model_switched", model_version=version, previous=previous, uri=uri)
+        if any(differences.values()):
+            log_event(log, "model_catalog_differs", logging.WARNING, model_version=version,
+                      untrained_protocols=differences["untrained_protocols"],
+                      dropped_protocols=differences["dropped_protocols"],
+                      hint="configured protocols without trained rows are never suggested "
+                           "with confidence; retrain on the site catalog")
+
+    def model_summary(self) -> dict[str, Any]:
+        """What /readyz says of the model in use."""
+        ctx = self.context
+        if ctx is None:
+            return {}
+        differences = ctx.extra.get("model_catalog_differences") or {}
+        return {"model": {
+            "status": ctx.model_status,
+            "version": getattr(ctx.classifier, "model_version", None),
+            "uri": ctx.model_uri or None,
+            "untrained_protocols": differences.get("untrained_protocols", []),
+            "dropped_protocols": differences.get("dropped_protocols", []),
+        }}
+
+    def check_model_now(self) -> None:
+        """SIGHUP: ask the registry for the alias's version now (thread-safe)."""
+        self._model_check.set()
+
+    def _poll_model(self, name: str, alias: str) -> None:
+        """Follow a registry alias: load a new version beside the one in use, then swap."""
+        s = self.settings
+        interval = s.model_poll_s or None  # 0: only on SIGHUP
+        while not self._model_stop.is_set():
+            self._model_check.wait(interval)
+            self._model_check.clear()
+            if self._model_stop.is_set():
+                return
+            ctx = self.context
+            if ctx is None or ctx.classifier is None:
+                continue
+            current = str(getattr(ctx.classifier, "model_version", ""))
+            try:
+                version = registry_version(name, alias, s.tracking_uri)
+            except Exception as exc:
+                log_event(log, "model_poll_failed", logging.WARNING,
+                          error=f"{type(exc).__name__}: {exc}"[:200])
+                continue
+            if current == f"{name}/{version}":
+                continue
+            started = time.perf_counter()
+            try:
+                new, _ = load_default_classifier(s, ctx.catalog, uri=f"models:/{name}/{version}")
+            except Exception as exc:
+                log_event(log, "model_switch_failed", logging.ERROR, uri=f"{name}/{version}",
+                          error=f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            if self._model_stop.is_set() or self._loop is None:
+                return
+            log_event(log, "model_loaded", uri=f"models:/{name}/{version}",
+                      model_version=getattr(new, "model_version", None),
+                      s=round(time.perf_counter() - started, 1))
+            self._loop.call_soon_threadsafe(self._swap_model, new,
+                                            f"models:/{name}@{alias}")
+
+    def _swap_model(self, classifier: Classifier, uri: str) -> None:
+        """On the event loop: the worker's next batch scores with `classifier` (the batch in
+        hand finishes on the old one, which is freed when that batch lets go of it)."""
+        ctx = self.context
+        if ctx is None or self._model_stop.is_set():
+            return
+        self._use_model(ctx, classifier, uri)
+        pipeline = getattr(ctx.worker, "pipeline", None)
+        if pipeline is not None:
+            pipeline.classifier = classifier
 
     def _model_ready(self, ctx: ServiceContext, classifier: Classifier, uri: str) -> None:
         s = self.settings
-        ctx.classifier = classifier
+        self._use_model(ctx, classifier, uri)
         ctx.catalog = classifier.catalog
         ctx.model_status = "ready"
+        followed = alias_of(uri)
+        if followed is not None:
+            self._poll_thread = threading.Thread(target=self._poll_model, args=followed,
+                                                 daemon=True, name="radproto-model-poll")
+            self._poll_thread.start()
         builders: list[Any] = []
         if importlib.util.find_spec("radproto.adapter.fhir_routes") is not None:
             from radproto.adapter.fhir_routes import fhir_writeback_builders
@@ -211,7 +373,6 @@ class Service:
         relay = ctx.relay
         loop = asyncio.get_running_loop()
         pipeline = Pipeline(ctx.store, classifier, outbox_builders=builders,
-                            batch_size=s.worker_batch_size,
                             log_hash_key=s.security.log_hash_key,
                             on_outbox=(lambda: loop.call_soon_threadsafe(relay.wake))
                             if relay is not None else None,
@@ -228,6 +389,7 @@ class Service:
                 return contextlib.nullcontext()
 
         app = self.app = create_app(ctx)
+        app.state.radproto_ready_info = self.model_summary  # /readyz names the model
         host, port = self.settings.host, self.settings.http_port
         try:  # bound here so that a busy port is a clear error, not uvicorn's sys.exit
             sock = socket.create_server((host, port), reuse_port=False)
@@ -261,9 +423,19 @@ class Service:
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         self._model_stop.set()
+        self._model_check.set()
+        if self._loop is not None and threading.current_thread() is threading.main_thread():
+            self._loop.remove_signal_handler(signal.SIGHUP)
         if self._model_thread is not None and self._model_thread.is_alive():
-            # a first-run training stops after its current step and checkpoints
-            await asyncio.to_thread(self._model_thread.join, self.settings.shutdown_grace_s)
+            # A first-run training (a child process) stops after its current step and
+            # checkpoints: wait for it. A load in this process cannot be interrupted: wait
+            # the grace period (serve_from_cli then exits without waiting further).
+            from radproto.adapter.default_model import STOP_WAIT_S
+
+            wait = STOP_WAIT_S + 5 if self._training.is_set() else self.settings.shutdown_grace_s
+            await asyncio.to_thread(self._model_thread.join, wait)
+        if self._poll_thread is not None and self._poll_thread.is_alive():
+            await asyncio.to_thread(self._poll_thread.join, self.settings.shutdown_grace_s)
         if ctx.worker is not None:
             await asyncio.to_thread(ctx.worker.stop)
         if ctx.relay is not None:
