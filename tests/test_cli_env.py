@@ -13,9 +13,35 @@ import pytest
 from radproto.cli import build_parser
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    return dict(sub.choices) if sub is not None else {}
+
+
 def _commands() -> dict[str, argparse.ArgumentParser]:
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+    """Every command path ("keys create" included) with the parser of its last word."""
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(prefix: str, parser: argparse.ArgumentParser) -> None:
+        for name, child in _subcommands(parser).items():
+            path = f"{prefix} {name}".strip()
+            found[path] = child
+            walk(path, child)
+
+    walk("", build_parser())
+    return found
+
+
+def _leaf_args(command: str) -> list[str]:
+    """The words and required arguments that complete `command` to a runnable command line
+    (a command with subcommands gets its first one)."""
+    parser = _commands()[command]
+    words = command.split()
+    while _subcommands(parser):
+        name, parser = next(iter(_subcommands(parser).items()))
+        words.append(name)
+        words += _required(parser, None)
+    return words
 
 
 def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -52,11 +78,15 @@ def _env_value(action: argparse.Action, values: list[str]) -> str:
     return (action.env_sep or "").join(values)
 
 
-def _required(parser: argparse.ArgumentParser, tested: argparse.Action) -> list[str]:
-    """Command-line arguments for every required option but `tested`."""
+def _required(parser: argparse.ArgumentParser, tested: argparse.Action | None) -> list[str]:
+    """Command-line arguments for every required option (and positional) but `tested`."""
     args: list[str] = []
     for action in parser._actions:
-        if action.required and action is not tested and action.option_strings:
+        if isinstance(action, argparse._SubParsersAction):
+            continue
+        if not action.option_strings and action.nargs is None:
+            args.append("positional-value")
+        elif action.required and action is not tested and action.option_strings:
             args += _flag(action, _values(action, 0))
     for group in parser._mutually_exclusive_groups:
         if group.required and tested not in group._group_actions:
@@ -83,21 +113,24 @@ def test_each_variable_reads_like_its_flag_and_the_flag_wins(command, option, cl
     parser = _commands()[command]
     action = next(a for a in parser._actions if option in a.option_strings)
     assert action.env_var.startswith("RADPROTO_")
-    base = [command, *_required(parser, action)]
+    # Options of a command with subcommands (keys --log-level ... create) go before them.
+    words = command.split()
+    tail = _leaf_args(command)[len(words):]
+    base = [*words, *_required(parser, action)]
     value, other = _values(action, 0), _values(action, 1)
 
-    from_flag = vars(build_parser().parse_args([*base, *_flag(action, value)]))
+    from_flag = vars(build_parser().parse_args([*base, *_flag(action, value), *tail]))
 
     clean_env.setenv(action.env_var, _env_value(action, value))
-    from_env = vars(build_parser().parse_args(base))
+    from_env = vars(build_parser().parse_args([*base, *tail]))
     assert from_env == from_flag, f"{action.env_var} is read unlike {option}"
 
     if action.nargs == 0:  # a boolean: the variable says false, the flag true
         clean_env.setenv(action.env_var, "false")
-        assert not vars(build_parser().parse_args(base))[action.dest]
+        assert not vars(build_parser().parse_args([*base, *tail]))[action.dest]
     else:
         clean_env.setenv(action.env_var, _env_value(action, other))
-    both = vars(build_parser().parse_args([*base, *_flag(action, value)]))
+    both = vars(build_parser().parse_args([*base, *_flag(action, value), *tail]))
     assert both == from_flag, f"{option} on the command line must win over {action.env_var}"
 
 
