@@ -144,6 +144,7 @@ MODIFIERS = {key: replace(m, evidence=m.evidence + alts(MODIFIER_TEXT[key][0]),
              if key in MODIFIER_TEXT else m for key, m in MODIFIERS.items()}
 
 _MRI_BRAIN_TO_CT = (0, 1, 3, 4)  # tumor, metastases, seizure, infection (not MS: CT is useless)
+_NO_MRI = ("pacemaker", "claustrophobia", "weight_limit")
 
 REDIRECTS: tuple[Redirect, ...] = (
     Redirect("CTA Chest Pulmonary Embolism", ("contrast_allergy",),

@@ -70,7 +70,8 @@ _SYNONYM_RATE = 0.35  # chance that each synonym pattern found is rewritten
 _P_BRITISH = 0.1
 _P_LOWER = 0.15  # a non-messy order typed in lower case
 _EXAM_PRECISE, _EXAM_VAGUE = 0.2, 0.5  # else empty (~30% in real orders)
-_P_EXAM_MISLEADING = 0.1  # of the non-empty: an exam naming a different study
+_P_EXAM_MISLEADING = 0.2  # of the non-empty: an exam naming a different study (~10% in real
+# orders; trained at twice that so that the clinical text, not the exam name, decides)
 _P_EXAM_UPPER = 0.25  # RIS exam names are often upper case
 _NEUTRAL_EXAMS = ("imaging", "see notes", "radiology consult", "imaging per radiology",
                   "protocol per radiologist")
@@ -309,8 +310,20 @@ def _sentence(text: str) -> str:
     return text if text[-1] in ".?!" else text + "."
 
 
-def _codes(f: Facts) -> str:
-    return "; ".join(f"{code} {text}" for code, text in f.icd)
+_CODE_FORMATS = ("{c} {t}", "{c} {t}", "{c} - {t}", "{t} ({c})", "{c}", "{t}", "{c}: {t}")
+_VAGUE_PREFIX = re.compile(r"^(Unspecified|Other specified|Other) ", re.I)
+
+
+def _codes(f: Facts, rng: random.Random, separator: str = "; ") -> str:
+    """The ICD-10 codes as EHRs print them: code and text, code only, text only, ..."""
+    form = rng.choice(_CODE_FORMATS)
+    shorten = rng.random() < 0.3
+    items = []
+    for code, text in f.icd:
+        if shorten:  # "Unspecified abdominal pain" -> "abdominal pain"; drop qualifiers
+            text = _VAGUE_PREFIX.sub("", text).split(",")[0]
+        items.append(form.format(c=code, t=text))
+    return separator.join(items)
 
 
 def _write_terse(f: Facts, rng: random.Random) -> dict[str, str]:
@@ -322,27 +335,48 @@ def _write_terse(f: Facts, rng: random.Random) -> dict[str, str]:
         notes = rng.choice((", ", "; ", ". ")).join(extra)
     else:
         clauses += extra
-    diagnosis = rng.choice(("", "", _codes(f), f.icd[0][1] if f.icd else ""))
+    diagnosis = rng.choice(("", "", _codes(f, rng), f.icd[0][1] if f.icd else ""))
     history = rng.choice((", ", ", ", "; ", " ")).join(clauses)
     return {"history": _abbreviate(history, rng), "diagnosis": diagnosis,
             "notes": _abbreviate(notes, rng)}
 
 
+_TEMPLATE_HISTORY = ("History", "Clinical history", "Hx", "Relevant history", "Background",
+                     "PMH", "Pertinent history", "Patient history")
+_TEMPLATE_REASON = ("Diagnosis", "Reason for exam", "Indication", "Clinical question",
+                    "Clinical indication", "Reason for study", "Question", "Symptoms", "Dx",
+                    "Specific question to be answered", "Reason", "Indication for exam",
+                    "Working diagnosis", "Presenting complaint")
+_TEMPLATE_OTHER = ("Comments", "Additional info", "Safety", "Other", "Notes",
+                   "Allergies/safety", "MRI screening", "Special instructions",
+                   "Additional clinical information", "Contrast/safety", "Pertinent info")
+_TEMPLATE_LABS = ("Labs", "Pertinent labs", "Results", "Bloods", "Meds/labs", "Lab values")
+
+
 def _write_template(f: Facts, rng: random.Random) -> dict[str, str]:
     demo = _demo_long(f, rng) if rng.random() < 0.5 else _demo_short(f, rng)
-    past = ", ".join(f.history + f.extras) or rng.choice(("none", "noncontributory",
-                                                           "see chart"))
+    split_labs = bool(f.extras) and rng.random() < 0.4  # labs and meds get their own line
+    past = ", ".join(f.history + ([] if split_labs else f.extras)) or rng.choice(
+        ("none", "noncontributory", "see chart", "nil", "N/A", "unremarkable"))
     history = f"{demo}; {past}" if f.show_demographics else past
     reason = ", ".join([f.indication, *f.findings])
-    label = rng.choice(("Diagnosis", "Reason for exam", "Indication", "Clinical question"))
     extra = f.evidence + f.denials
-    other_label = rng.choice(("Comments", "Additional info", "Safety", "Other"))
-    parts = [f"History: {history}", f"{label}: {reason}"]
+    upper = rng.random() < 0.2
+    head = (lambda text: text.upper()) if upper else (lambda text: text)
+    order = [(head(rng.choice(_TEMPLATE_REASON)), reason),
+             (head(rng.choice(_TEMPLATE_HISTORY)), history)]
+    if rng.random() < 0.6:
+        order.reverse()  # history first, as most order screens have it
+    if split_labs:
+        order.append((head(rng.choice(_TEMPLATE_LABS)), ", ".join(f.extras)))
     if extra:
-        parts.append(f"{other_label}: " + "; ".join(extra))
+        order.append((head(rng.choice(_TEMPLATE_OTHER)), "; ".join(extra)))
+    colon = rng.choice((": ", ": ", " - ", ":"))
+    parts = [f"{label}{colon}{text}" for label, text in order]
     if rng.random() < 0.5:  # one free-text reason field holding the whole template
-        return {"history": "; ".join(parts), "diagnosis": _codes(f) if rng.random() < 0.3
-                else "", "notes": ""}
+        joiner = rng.choice(("; ", "; ", " | ", "\n", ". "))
+        return {"history": joiner.join(parts), "diagnosis": _codes(f, rng)
+                if rng.random() < 0.3 else "", "notes": ""}
     return {"history": parts[0], "diagnosis": parts[1], "notes": "; ".join(parts[2:])}
 
 
@@ -383,7 +417,7 @@ def _write_narrative(f: Facts, rng: random.Random) -> dict[str, str]:
     for fact in f.denials:
         sentences.append(_sentence(fact))
     text = _expand(" ".join(sentences), rng)
-    diagnosis = rng.choice(("", f.icd[0][1] if f.icd else "", _codes(f)))
+    diagnosis = rng.choice(("", f.icd[0][1] if f.icd else "", _codes(f, rng)))
     if rng.random() < 0.3 and len(sentences) > 2:  # the safety facts go to the notes field
         cut = 2 if f.findings or f.extras else 1
         return {"history": _expand(" ".join(sentences[:cut]), rng), "diagnosis": diagnosis,
@@ -396,8 +430,11 @@ def _write_coded(f: Facts, rng: random.Random) -> dict[str, str]:
     if f.findings and rng.random() < 0.3:
         history += ", " + f.findings[0]
     separator = rng.choice(("; ", ", ", " | ", "\n"))
-    return {"history": _abbreviate(history, rng), "diagnosis": separator.join(
-        f"{code} {text}" for code, text in f.icd), "notes": "; ".join(f.evidence + f.denials)}
+    diagnosis = _codes(f, rng, separator)
+    if rng.random() < 0.2:
+        diagnosis = diagnosis.lower()
+    return {"history": _abbreviate(history, rng), "diagnosis": diagnosis,
+            "notes": "; ".join(f.evidence + f.denials)}
 
 
 _KEYBOARD_SLIPS = ("swap", "drop", "double")
