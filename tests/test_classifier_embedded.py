@@ -12,13 +12,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from conftest import CACHE_DIR
 
-from radproto.model.classifier import (
-    load_classifier,
-    prompt_token_ids,
-    target_token_ids,
-)
+from radproto.model.classifier import load_classifier, prompt_token_ids
 from radproto.model.order import Order
-from radproto.model.scoring import naive_log_probs
 
 
 @pytest.mark.slow
@@ -39,10 +34,17 @@ def test_embedded_model_scores_the_whole_catalog(catalog):
     assert suggestion.catalog_version == catalog.version
     assert suggestion.model_version == "base-smollm2"
 
-    # The one-pass prefix-tree scores equal a pass per protocol on the real weights too.
+    assert classifier.untrained_protocols == ()  # the base's head rows are all from names
+
+    # Untrained, the head scores a protocol by the LM's mean logit over its name's tokens at
+    # the prompt's last position: checked against the real weights' own forward pass.
+    import torch
+
     log_probs = classifier.catalog_log_probs([order.prompt_fields()])[0]
-    picked = [0, 1, len(catalog) // 2, len(catalog) - 1]
     prompt = prompt_token_ids(tokenizer, order.prompt_fields(), classifier.config.max_length)
-    naive = naive_log_probs(classifier.model, prompt,
-                            [target_token_ids(tokenizer, catalog.names[i]) for i in picked])
-    np.testing.assert_allclose(log_probs[picked], naive, atol=1e-3, rtol=0)
+    with torch.no_grad():
+        logits = classifier.model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+    means = torch.stack([logits[tokenizer(" " + name, add_special_tokens=False)["input_ids"]]
+                         .mean() for name in catalog.names])
+    np.testing.assert_allclose(log_probs, torch.log_softmax(means, -1).numpy(), atol=1e-3,
+                               rtol=0)

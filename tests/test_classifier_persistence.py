@@ -5,6 +5,7 @@ Uses a tiny random Llama saved as a local base-model directory, with the embedde
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -128,9 +129,10 @@ def test_save_load_round_trip_gives_identical_probabilities(trained, tmp_path, c
     assert record["kind"] == "adapter"
     assert record["temperature"] == 1.7 and record["abstain_threshold"] == 0.3
     assert record["catalog_version"] == catalog.version
-    assert record["prompt_version"] == "p1"
+    assert record["prompt_version"] == "p2" and record["format_version"] == 2
     assert record["metadata"]["epochs"] == 1
     assert (directory / "adapter_config.json").is_file()
+    assert (directory / "protocol_head.safetensors").is_file()
     assert re.fullmatch(r"m-[0-9a-f]{12}", trained.model_version)
 
     loaded = load_classifier(directory)
@@ -177,11 +179,37 @@ def test_loading_with_a_new_catalog_scores_it(trained, tmp_path, catalog):
         [Protocol(name="MRI Wrist WO Contrast", modality="MR", body_region="wrist",
                   contrast="none")], source="site"))
     loaded = load_classifier(directory, catalog=site)
-    assert loaded.trained_catalog.version == catalog.version
+    assert loaded.untrained_protocols == ("MRI Wrist WO Contrast",)
+    assert loaded.head.names == site.names
     (suggestion,) = loaded.score_orders(ORDERS[:1])
     assert suggestion.catalog_version == site.version
     assert "MRI Wrist WO Contrast" in {s.protocol for s in suggestion.scores}
     assert sum(s.probability for s in suggestion.scores) == pytest.approx(1.0)
+
+
+def test_a_model_of_the_previous_format_is_refused(trained, tmp_path):
+    directory = trained.save(tmp_path / "model")
+    record = json.loads((directory / MODEL_FILE).read_text())
+    record.update(format_version=1, prompt_version="p1")  # a prefix-tree model
+    (directory / MODEL_FILE).write_text(json.dumps(record))
+    with pytest.raises(ModelError, match="train it again"):
+        load_classifier(directory)
+
+
+def test_a_head_that_does_not_fit_the_catalog_is_refused(trained, tmp_path):
+    from radproto.model.head import HEAD_FILE, save_head
+
+    directory = trained.save(tmp_path / "model")
+    (directory / HEAD_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(ModelError, match="cannot read the protocol head"):
+        load_classifier(directory)
+    small = copy.deepcopy(trained.head)
+    with torch.no_grad():
+        small.weight = torch.nn.Parameter(small.weight[:3].clone())
+        small.bias = torch.nn.Parameter(small.bias[:3].clone())
+    save_head(small, directory)
+    with pytest.raises(ModelError, match="3 rows for a catalog of"):
+        load_classifier(directory)
 
 
 def test_bad_model_locations_raise_model_errors(tmp_path):
@@ -266,7 +294,8 @@ def test_untouched_base_saves_a_reference_and_other_weights_save_in_full(base_di
     expected = base.catalog_log_probs(ORDERS[:1])
     reference = base.save(tmp_path / "base")
     assert json.loads((reference / MODEL_FILE).read_text())["kind"] == "base"
-    assert not list(reference.glob("*.safetensors"))
+    # no model weights: only the head, whose rows belong to the model directory
+    assert [p.name for p in reference.glob("*.safetensors")] == ["protocol_head.safetensors"]
     np.testing.assert_allclose(load_classifier(reference).catalog_log_probs(ORDERS[:1]),
                                expected, atol=1e-6, rtol=0)
     unknown = ProtocolClassifier(model, tokenizer, catalog, config=config)

@@ -20,20 +20,20 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from radproto.model import classifier as classifier_module
 from radproto.model.calibration import catalog_probabilities, nll
-from radproto.model.catalog import Catalog, Protocol
+from radproto.model.catalog import Catalog
 from radproto.model.classifier import (
     ModelConfig,
     ProtocolClassifier,
-    encode_example,
     ensure_pad_token,
     fit_temperature,
     prompt_token_ids,
-    target_token_ids,
 )
-from radproto.model.encoding import IGNORE_INDEX, TARGET_RESERVE
 from radproto.model.errors import ModelError
+from radproto.model.kernels import set_attention
 from radproto.model.order import Diagnosis, Order
-from radproto.model.scoring import ProtocolTrie, naive_log_probs
+from radproto.model.prompt import PROMPT_VERSION
+from radproto.model.scoring import padded_ids
+from radproto.training.data import encode_rows
 
 MAX_LENGTH = 256
 
@@ -45,6 +45,9 @@ FIELDS = [
      "vomiting for two days, murphy sign positive", "diagnosis": "R10.11 RUQ pain",
      "notes": "r/o cholecystitis"},
 ]
+# Over MAX_LENGTH tokens even after each field is cut to 1000 characters: truncated.
+LONG = dict(FIELDS[1], history="twisting injury on the field " * 40,
+            notes="very long note " * 400)
 
 
 def tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
@@ -95,69 +98,49 @@ def _pad_is_eos(tokenizer):
     return tok
 
 
-def test_encode_example_masks_the_prompt_and_ends_with_eos(tokenizer):
-    example = encode_example(tokenizer, FIELDS[0], "CT Head WO Contrast", MAX_LENGTH)
-    n = example["prompt_len"]
-    assert example["labels"][:n] == [IGNORE_INDEX] * n
-    assert example["labels"][n:] == example["input_ids"][n:]
-    assert example["input_ids"][-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(example["input_ids"][n:-1]) == " CT Head WO Contrast"
-    assert tokenizer.decode(example["input_ids"][:n]).endswith("\nProtocol:")
-    prompt_only = encode_example(tokenizer, FIELDS[0], None, MAX_LENGTH)
-    assert prompt_only["input_ids"] == example["input_ids"][:n]
-    assert set(prompt_only["labels"]) == {IGNORE_INDEX}
+def test_prompt_ends_at_the_cue_and_a_long_prompt_keeps_it(tokenizer):
+    ids = prompt_token_ids(tokenizer, FIELDS[0], MAX_LENGTH)
+    assert tokenizer.eos_token_id not in ids
+    assert tokenizer.decode(ids).endswith("\nProtocol:")
+    assert "fall on anticoagulation" in tokenizer.decode(ids)
+    cut = prompt_token_ids(tokenizer, LONG, MAX_LENGTH)
+    assert len(cut) == MAX_LENGTH
+    assert tokenizer.decode(cut).endswith("\nProtocol:")  # the head reads this position
+    assert tokenizer.decode(cut).startswith(tokenizer.decode(ids[:3]))
 
 
 def test_training_and_scoring_see_the_same_tokens(classifier, tokenizer, catalog, monkeypatch):
-    """What the scorer feeds the model is exactly what encode_example trains on."""
-    long_notes = dict(FIELDS[1], notes="very long note " * 400)  # forces prompt truncation
-    fields_list = [FIELDS[0], long_notes]
-    seen: dict = {}
-    real = classifier_module.trie_log_probs
+    """What the scorer feeds the model is exactly what training encodes for the same rows."""
+    fields_list = [FIELDS[0], LONG]
+    seen: list[list[int]] = []
+    real = classifier_module.head_log_probs
 
-    def spy(model, prompts, trie, *, pad_token_id):
-        seen.setdefault("prompts", []).extend(list(p) for p in prompts)
-        seen["trie"] = trie
-        return real(model, prompts, trie, pad_token_id=pad_token_id)
+    def spy(model, head, prompts, **kwargs):
+        seen.extend(list(p) for p in prompts)
+        return real(model, head, prompts, **kwargs)
 
-    monkeypatch.setattr(classifier_module, "trie_log_probs", spy)
-    classifier.catalog_log_probs(fields_list, batch_size=1)
-    for fields in fields_list:
-        for name in (catalog.names[0], catalog.names[-1]):
-            example = encode_example(tokenizer, fields, name, MAX_LENGTH)
-            assert example["input_ids"][: example["prompt_len"]] in seen["prompts"]
-    truncated = encode_example(tokenizer, long_notes, catalog.names[0], MAX_LENGTH)
-    assert truncated["prompt_len"] == MAX_LENGTH - TARGET_RESERVE
-    assert tokenizer.decode(truncated["input_ids"][: truncated["prompt_len"]]).endswith(
-        "\nProtocol:")
-    trie: ProtocolTrie = seen["trie"]
-    for index, name in enumerate(catalog.names):
-        example = encode_example(tokenizer, FIELDS[0], name, MAX_LENGTH)
-        label_tokens = [t for t in example["labels"] if t != IGNORE_INDEX]
-        scored = trie.step_token[trie.step_protocol == index].tolist()
-        assert scored == label_tokens == target_token_ids(tokenizer, name)
+    monkeypatch.setattr(classifier_module, "head_log_probs", spy)
+    classifier.catalog_log_probs(fields_list)
+    rows = [dict(f, label=catalog.names[i]) for i, f in enumerate(fields_list)]
+    encoded = encode_rows(tokenizer, rows, catalog, MAX_LENGTH)
+    assert seen == [e["input_ids"] for e in encoded]
+    assert len(seen[1]) == MAX_LENGTH  # the long order was cut, the same way in both
+    assert [e["label"] for e in encoded] == [0, 1]
 
 
-def test_prefix_tree_pass_matches_one_pass_per_protocol(classifier, tokenizer, catalog):
-    # Orders of different prompt lengths share a batch: padding must not change anything.
-    tree = classifier.catalog_log_probs(FIELDS, batch_size=3)
-    assert tree.shape == (len(FIELDS), len(catalog))
-    targets = [target_token_ids(tokenizer, name) for name in catalog.names]
-    for row, fields in zip(tree, FIELDS, strict=True):
-        prompt = prompt_token_ids(tokenizer, fields, MAX_LENGTH)
-        naive = naive_log_probs(classifier.model, prompt, targets)
-        np.testing.assert_allclose(row, naive, atol=1e-4, rtol=0)
-    assert np.ptp(tree[0]) > 1.0  # the protocols really differ (not a degenerate model)
-    one_by_one = classifier.catalog_log_probs(FIELDS, batch_size=1)
-    np.testing.assert_allclose(one_by_one, tree, atol=1e-4, rtol=0)
-
-
-def test_trie_shares_prefixes_and_keeps_eos_out_of_the_input(tokenizer, catalog):
-    sequences = [target_token_ids(tokenizer, name) for name in catalog.names]
-    trie = ProtocolTrie.build(sequences)
-    assert trie.n_nodes < sum(len(s) - 1 for s in sequences)  # shared prefixes
-    assert tokenizer.eos_token_id not in set(trie.node_tokens.tolist())
-    assert len(trie.step_token) == sum(len(s) for s in sequences)
+def test_scores_are_the_head_on_the_prompts_last_hidden_state(classifier, tokenizer, catalog):
+    """Batched, padded scoring equals a plain forward pass over each prompt alone."""
+    got = classifier.catalog_log_probs(FIELDS)
+    assert got.shape == (len(FIELDS), len(catalog))
+    with torch.inference_mode():
+        for row, fields in zip(got, FIELDS, strict=True):
+            ids = torch.tensor([prompt_token_ids(tokenizer, fields, MAX_LENGTH)])
+            hidden = classifier.model.model(input_ids=ids).last_hidden_state[0, -1]
+            logits = hidden.float() @ classifier.head.weight.T + classifier.head.bias
+            np.testing.assert_allclose(row, torch.log_softmax(logits, -1).numpy(),
+                                       atol=1e-5, rtol=0)
+    assert np.ptp(got[0]) > 1.0  # the protocols really differ (not a degenerate model)
+    assert np.abs(got[0] - got[1]).max() > 1e-2  # and the order matters
 
 
 def test_probabilities_sum_to_one_over_the_catalog(classifier, catalog):
@@ -176,7 +159,7 @@ def test_probabilities_sum_to_one_over_the_catalog(classifier, catalog):
         assert suggestion.protocol == suggestion.scores[0].protocol
         assert suggestion.confidence == suggestion.scores[0].probability
         assert suggestion.catalog_version == catalog.version
-        assert suggestion.prompt_version == "p1"
+        assert suggestion.prompt_version == PROMPT_VERSION == "p2"
     assert suggestions[0].raw_message_id == "msg-1"
     assert classifier.score_orders([]) == []
 
@@ -228,26 +211,6 @@ def test_low_confidence_abstains_with_reason_and_top_three(tokenizer, catalog):
     assert confident.abstained is False and confident.abstain_reason == ""
 
 
-def test_protocol_added_after_training_is_scored(classifier, catalog, tokenizer):
-    new = Protocol(name="CT Knee WO Contrast", modality="CT", body_region="knee",
-                   contrast="none")
-    extended = catalog.extended_with(Catalog([new], source="site"))
-    before = classifier.catalog_log_probs(FIELDS[:2])
-    scorer = ProtocolClassifier(classifier.model, tokenizer, extended,
-                                config=classifier.config, trained_catalog=catalog)
-    after = scorer.catalog_log_probs(FIELDS[:2])
-    assert after.shape == (2, len(catalog) + 1)
-    # The old protocols' (unnormalized) log-probs are untouched by the new name.
-    np.testing.assert_allclose(after[:, : len(catalog)], before, atol=1e-4, rtol=0)
-    prompt = prompt_token_ids(tokenizer, FIELDS[0], MAX_LENGTH)
-    naive = naive_log_probs(classifier.model, prompt, [target_token_ids(tokenizer, new.name)])
-    assert after[0, -1] == pytest.approx(naive[0], abs=1e-4)
-    (suggestion,) = scorer.score_orders([FIELDS[0]])
-    assert new.name in {s.protocol for s in suggestion.scores}
-    assert suggestion.catalog_version == extended.version != catalog.version
-    assert sum(s.probability for s in suggestion.scores) == pytest.approx(1.0)
-
-
 def test_scoring_restores_training_mode(classifier):
     classifier.model.train()
     try:
@@ -274,30 +237,27 @@ def test_prepare_for_serving_is_free_off_cuda(classifier):
     np.testing.assert_array_equal(classifier.catalog_log_probs(FIELDS[:2]), before)
 
 
-def test_bad_inputs_raise_model_errors(classifier):
+def test_bad_inputs_raise_model_errors(classifier, tokenizer, catalog):
     with pytest.raises(ModelError):
         classifier.score_orders([42])  # type: ignore[list-item]
-    with pytest.raises(ModelError):
-        classifier.catalog_log_probs(FIELDS, batch_size=0)
-    with pytest.raises(ModelError):
-        ProtocolTrie.build([])
-
-
-def _set_attention(model, implementation: str) -> None:
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation"):
-            config._attn_implementation = implementation
+    with pytest.raises(ModelError, match="empty prompt"):
+        padded_ids([[5, 6], []], tokenizer.pad_token_id)
+    with pytest.raises(ModelError, match="temperature"):
+        ProtocolClassifier(classifier.model, tokenizer, catalog, head=classifier.head,
+                           temperature=0.0)
+    with pytest.raises(ModelError, match="no protocols"):
+        classifier.catalog = Catalog([], source="empty")
+    assert classifier.catalog is catalog  # a refused catalog changes nothing
 
 
 @pytest.mark.parametrize("implementation", ["eager", "flash_attention_2"])
 def test_scoring_under_other_attention_implementations(classifier, implementation):
     """Eager takes a float mask; a kernel that ignores 4D masks is swapped for SDPA."""
     expected = classifier.catalog_log_probs(FIELDS[:2])
-    _set_attention(classifier.model, implementation)
+    set_attention(classifier.model, implementation)
     try:
         got = classifier.catalog_log_probs(FIELDS[:2])
         assert classifier.model.config._attn_implementation == implementation
     finally:
-        _set_attention(classifier.model, "sdpa")
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+        set_attention(classifier.model, "sdpa")
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

@@ -1,4 +1,5 @@
-"""The fast training path computes what the plain Hugging Face path computes (CPU, fp32)."""
+"""Packed training rows give what the padded batch gives (CPU, fp32): the layout, the head
+loss and its gradients, lean LoRA, and attention that stays inside each example."""
 
 from __future__ import annotations
 
@@ -6,175 +7,186 @@ import copy
 
 import pytest
 import torch
+from test_train_support import wide_llama, with_lora
 
-from radproto.model import fast_train
-from radproto.training.packing import (
-    IGNORE_INDEX,
-    pack_examples,
-    pad_examples,
-    plan_packs,
-    shift_targets,
-)
+from radproto.model import kernels
+from radproto.model.catalog import default_catalog
+from radproto.model.head import new_head
+from radproto.training.finetune import head_loss_module, prepare_packed
+from radproto.training.packing import pack_examples, pad_examples
 
-PAD = 0
+N_PROTOCOLS = 12
 
 
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
-                         max_position_embeddings=256, rms_norm_eps=1e-5,
-                         attn_implementation="sdpa")
-    model = LlamaForCausalLM(config).float().eval()
-    # random init has a tiny std; widen it so the check is not on near-zero numbers
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2) if p.dim() > 1 else p.uniform_(0.5, 1.5)
-    return model
-
-
-def examples(seed: int = 1, n: int = 5) -> list[dict]:
+def examples(seed: int = 1, n: int = 5, *, vocab: int = 200) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
-        prompt = int(torch.randint(3, 20, (1,), generator=g))
-        target = int(torch.randint(1, 5, (1,), generator=g))
-        ids = torch.randint(1, 97, (prompt + target,), generator=g).tolist()
-        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
+        length = int(torch.randint(1, 24, (1,), generator=g))
+        out.append({"input_ids": torch.randint(3, vocab, (length,), generator=g).tolist(),
+                    "label": int(torch.randint(0, N_PROTOCOLS, (1,), generator=g))})
     return out
 
 
-def with_lora(model, r: int = 4):
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(7)
-    lora = get_peft_model(model, LoraConfig(
-        r=r, lora_alpha=8, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                        "down_proj"]))
-    with torch.no_grad():  # B starts at zero; make the adapter matter
-        for name, p in lora.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
-    return lora
+def setup(seed: int, *, lora: bool = True):
+    """(model, head, pad token id): a widened tiny Llama, LoRA, a head of 12 protocols."""
+    model, tokenizer = wide_llama(seed)
+    if lora:
+        model = with_lora(model)
+    head = new_head(model, tokenizer, default_catalog().names[:N_PROTOCOLS])
+    return model, head, tokenizer.pad_token_id
 
 
-def test_shift_and_pack_layout():
-    batch = pack_examples([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
-                           {"input_ids": [8, 9], "labels": [-100, 9]}])
-    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9]]
-    assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1]]
-    # the last token of the first example predicts nothing (never the next example's token)
-    assert batch.targets.tolist() == [[6, 7, -100, 9, -100]]
-    assert batch.cu_seqlens.tolist() == [0, 3, 5]
-    assert (batch.max_seqlen, batch.n_label_tokens, batch.n_tokens) == (3, 3, 5)
-    assert shift_targets([-100, 1, 2]) == [1, 2, -100]
+def padded(module, batch, pad):
+    return module(**pad_examples(batch, pad))
 
 
-def test_plan_packs_keeps_order_and_budget():
-    packs = plan_packs([3, 4, 2, 5, 1], max_tokens=7)
-    assert packs == [[0, 1], [2, 3], [4]]
-    assert plan_packs([1] * 5, max_tokens=100, max_examples=2) == [[0, 1], [2, 3], [4]]
+def packed(module, batch):
+    row = pack_examples(batch)
+    return module(input_ids=row.input_ids, labels=row.labels, position_ids=row.position_ids,
+                  cu_seqlens=row.cu_seqlens, max_seqlen=row.max_seqlen)
+
+
+def varlen(model) -> None:
+    kernels.register_varlen_attention()
+    kernels.set_attention(model, kernels.VARLEN_ATTENTION)
+
+
+def test_pack_and_pad_layout():
+    batch = [{"input_ids": [5, 6, 7], "label": 3}, {"input_ids": [8, 9], "label": 0}]
+    row = pack_examples(batch)
+    assert row.input_ids.tolist() == [[5, 6, 7, 8, 9]]
+    assert row.position_ids.tolist() == [[0, 1, 2, 0, 1]]  # positions restart per example
+    assert row.cu_seqlens.tolist() == [0, 3, 5]
+    assert row.cu_seqlens.dtype == torch.int32
+    assert row.labels.tolist() == [3, 0]
+    assert (row.max_seqlen, row.n_tokens) == (3, 5)
+    moved = row.to("cpu")
+    assert moved.labels.tolist() == [3, 0] and moved.max_seqlen == 3
     with pytest.raises(ValueError):
-        plan_packs([9], max_tokens=8)
+        pack_examples([])
+    with pytest.raises(ValueError):
+        pack_examples([{"input_ids": [], "label": 0}])
+
+    pad = pad_examples(batch, pad_token_id=2)
+    assert pad["input_ids"].tolist() == [[5, 6, 7], [8, 9, 2]]  # right-padded
+    assert pad["lengths"].tolist() == [3, 2]
+    assert pad["labels"].tolist() == [3, 0]
 
 
-def test_packed_loss_equals_padded_loss():
-    model = tiny_llama()
-    batch = examples()
-    expected = fast_train.padded_loss(model, pad_examples(batch, PAD))
-    fast_train.register_varlen_attention()
-    fast_train.set_attention(model, fast_train.VARLEN_ATTENTION)
-    got = fast_train.packed_loss(model, pack_examples(batch))
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+def test_packed_head_loss_equals_padded_head_loss():
+    model, head, pad = setup(3)
+    batch = examples(4, 6)
+    module = head_loss_module(model, head)
+    with torch.no_grad():
+        want_loss, want_logits = padded(module, batch, pad)
+        varlen(model)
+        got_loss, got_logits = packed(module, batch)
+    assert want_logits.shape == (6, N_PROTOCOLS)
+    assert want_logits.std() > 0.1  # the rows differ: not a check on near-equal numbers
+    torch.testing.assert_close(got_logits, want_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+    labels = torch.tensor([e["label"] for e in batch])
+    torch.testing.assert_close(want_loss, torch.nn.functional.cross_entropy(want_logits, labels))
 
 
-def test_label_only_head_equals_full_logits():
-    model = tiny_llama(3)
-    batch = pack_examples(examples(4, 3))
-    fast_train.register_varlen_attention()
-    fast_train.set_attention(model, fast_train.VARLEN_ATTENTION)
-    loss = fast_train.packed_loss(model, batch)
-    cu = batch.cu_seqlens
-    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                   cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=batch.max_seqlen,
-                   max_length_k=batch.max_seqlen, use_cache=False).logits[0]
-    full = torch.nn.functional.cross_entropy(logits, batch.targets[0], ignore_index=IGNORE_INDEX)
-    torch.testing.assert_close(loss, full, rtol=1e-5, atol=1e-6)
-
-
-def test_lean_lora_and_gradients_match_peft():
-    plain = with_lora(tiny_llama(5))
-    lean = copy.deepcopy(plain)
+def test_label_smoothing_reaches_the_loss():
+    model, head, pad = setup(5, lora=False)
     batch = examples(6, 4)
-    fast_train.prepare_fast_training(lean, gradient_checkpointing=True,
-                                     compute_dtype=torch.float32)
-    assert fast_train.lean_lora(lean) == 0  # already patched: idempotent
+    with torch.no_grad():
+        plain, logits = padded(head_loss_module(model, head), batch, pad)
+        smooth, _ = padded(head_loss_module(model, head, label_smoothing=0.3), batch, pad)
+    labels = torch.tensor([e["label"] for e in batch])
+    want = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.3)
+    torch.testing.assert_close(smooth, want)
+    assert abs(float(smooth - plain)) > 1e-3
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_lean_lora_gradients_match_peft(checkpointing: bool):
+    plain, head, pad = setup(7)
+    lean, lean_head = copy.deepcopy(plain), copy.deepcopy(head)
+    batch = examples(8, 4)
+    previous = prepare_packed(lean, torch.float32)
+    assert previous == "sdpa"
+    assert kernels.lean_lora(lean) == 0  # prepare_packed patched every layer already
+    if checkpointing:
+        lean.get_base_model().gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     plain.train()
-    expected = fast_train.padded_loss(plain, pad_examples(batch, PAD))
-    expected.backward()
-    got = fast_train.packed_loss(lean, pack_examples(batch))
+    lean.train()
+    want, _ = padded(head_loss_module(plain, head), batch, pad)
+    want.backward()
+    got, _ = packed(head_loss_module(lean, lean_head), batch)
     got.backward()
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     grads = {n: p.grad for n, p in plain.named_parameters() if p.requires_grad}
     checked = 0
     for name, p in lean.named_parameters():
         if p.requires_grad:
+            assert grads[name] is not None and grads[name].abs().max() > 0, name
             torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6)
             checked += 1
     assert checked == len(grads) > 0
+    torch.testing.assert_close(lean_head.weight.grad, head.weight.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(lean_head.bias.grad, head.bias.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_train_packed_same_losses_as_padded_loop():
-    plain = with_lora(tiny_llama(8))
-    fast = copy.deepcopy(plain)
-    data = examples(9, 12)
-    steps = [data[i:i + 4] for i in range(0, 12, 4)]
-    opt = fast_train.make_optimizer(plain, lr=1e-2)
-    plain.train()
-    expected = []
-    for group in steps:
-        loss = fast_train.padded_loss(plain, pad_examples(group, PAD))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in plain.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        opt.zero_grad()
-        expected.append(float(loss.detach()))
-    fast_train.prepare_fast_training(fast, compute_dtype=torch.float32)
-    stats = fast_train.train_packed(fast, [pack_examples(g) for g in steps],
-                                    fast_train.make_optimizer(fast, lr=1e-2))
-    assert [s.n_examples for s in stats] == [4, 4, 4]
-    assert expected[-1] < expected[0]  # it learns, so the comparison is not trivial
-    for got, want in zip([s.loss for s in stats], expected, strict=True):
-        assert got == pytest.approx(want, rel=1e-4)
+def test_packed_steps_follow_the_padded_steps():
+    """Three AdamW steps of LoRA and head: the packed run's losses are the padded run's."""
+    plain, head, pad = setup(9)
+    fast, fast_head = copy.deepcopy(plain), copy.deepcopy(head)
+    prepare_packed(fast, torch.float32)
+    data = examples(10, 12)
+    steps = [data[i:i + 4] for i in range(0, 12, 4)] * 2
+
+    def run(module, loss_of) -> list[float]:
+        params = [p for p in module.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        module.train()
+        losses = []
+        for group in steps:
+            loss, _ = loss_of(module, group)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad()
+            losses.append(float(loss.detach()))
+        return losses
+
+    want = run(head_loss_module(plain, head), lambda m, g: padded(m, g, pad))
+    got = run(head_loss_module(fast, fast_head), packed)
+    assert want[3] < want[0]  # the same batch again, after learning: the run learns
+    assert got == pytest.approx(want, rel=1e-4)
+    torch.testing.assert_close(fast_head.weight, head.weight, rtol=1e-4, atol=1e-6)
 
 
 def test_varlen_attention_ignores_other_examples():
-    """Changing one example's tokens leaves another example's loss untouched."""
-    model = tiny_llama(11)
-    fast_train.register_varlen_attention()
-    fast_train.set_attention(model, fast_train.VARLEN_ATTENTION)
+    """Changing one example's tokens leaves another example's logits untouched."""
+    model, head, _ = setup(11, lora=False)
+    varlen(model)
+    module = head_loss_module(model, head)
     a, b = examples(12, 2)
-    alone = fast_train.packed_loss(model, pack_examples([b]))
-    b_other = dict(a, input_ids=[(t * 7 + 3) % 97 for t in a["input_ids"]])
-    with_other = fast_train.packed_loss(model, pack_examples([b_other, b]))
-    # the mean over both examples' labels: undo the mix to isolate b's part
-    first = fast_train.packed_loss(model, pack_examples([b_other]))
-    na = sum(t != IGNORE_INDEX for t in shift_targets(b_other["labels"]))
-    nb = sum(t != IGNORE_INDEX for t in shift_targets(b["labels"]))
-    torch.testing.assert_close((with_other * (na + nb) - first * na) / nb, alone,
-                               rtol=1e-5, atol=1e-5)
+    other = dict(a, input_ids=[(t * 7 + 3) % 200 for t in a["input_ids"]])
+    with torch.no_grad():
+        _, alone = packed(module, [b])
+        _, after_a = packed(module, [a, b])
+        _, after_other = packed(module, [other, b])
+    torch.testing.assert_close(after_a[1], alone[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after_other[1], alone[0], rtol=1e-5, atol=1e-5)
+    assert (after_a[0] - after_other[0]).abs().max() > 1e-3  # the first example did change
 
 
 def test_block_mask_fallback_equals_segment_loop(monkeypatch):
-    """The CUDA fallback without a varlen kernel (one masked SDPA call) gives the same loss."""
-    model = tiny_llama(13)
-    fast_train.register_varlen_attention()
-    fast_train.set_attention(model, fast_train.VARLEN_ATTENTION)
-    batch = pack_examples(examples(14, 6))
-    loop = fast_train.packed_loss(model, batch)
-    monkeypatch.setattr(fast_train, "USE_BLOCK_MASK", True)
-    masked = fast_train.packed_loss(model, batch)
-    torch.testing.assert_close(masked, loop, rtol=1e-5, atol=1e-6)
+    """The CUDA fallback without a varlen kernel (one masked SDPA call) gives the same
+    logits as one causal SDPA call per example."""
+    model, head, _ = setup(13)
+    varlen(model)
+    module = head_loss_module(model, head)
+    batch = examples(14, 6)
+    with torch.no_grad():
+        loop_loss, loop = packed(module, batch)
+        monkeypatch.setattr(kernels, "USE_BLOCK_MASK", True)
+        masked_loss, masked = packed(module, batch)
+    torch.testing.assert_close(masked, loop, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(masked_loss, loop_loss, rtol=1e-5, atol=1e-6)

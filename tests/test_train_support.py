@@ -14,7 +14,7 @@ N_PROTOCOLS = 5
 
 
 def small_catalog() -> Catalog:
-    """Five protocols of the default catalog: a quick trie and a learnable task."""
+    """Five protocols of the default catalog: a small head and a learnable task."""
     return Catalog(default_catalog().protocols[:N_PROTOCOLS], source="<test>")
 
 
@@ -40,6 +40,50 @@ def tiny_llama(*, hidden: int = 64, layers: int = 2):
                          max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id)
     return LlamaForCausalLM(config), tokenizer
+
+
+def wide_llama(seed: int = 0, *, hidden: int = 64, layers: int = 2):
+    """tiny_llama in float32 under SDPA, eval mode, its weights redrawn from `seed` with a
+    wider spread than the default init: sharper, order-dependent hidden states, so a wrong
+    mask or position id changes the numbers visibly. Returns (model, tokenizer)."""
+    import torch
+
+    from radproto.model.kernels import set_attention
+
+    model, tokenizer = tiny_llama(hidden=hidden, layers=layers)
+    set_attention(model, "sdpa")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    return model.float().eval(), tokenizer
+
+
+def with_lora(model, *, seed: int = 7):
+    """LoRA (r 4) on every linear layer, its B matrices random so that the adapter matters."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    lora = get_peft_model(model, LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                        "down_proj"]))
+    with torch.no_grad():  # B starts at zero
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    return lora
+
+
+def random_prompts(seed: int, n: int, *, vocab: int, low: int = 3, longest: int = 25
+                   ) -> list[list[int]]:
+    """n prompts of random token ids (>= low: no special token) and random lengths."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(low, vocab, (int(torch.randint(1, longest, (1,), generator=g)),),
+                          generator=g).tolist() for _ in range(n)]
 
 
 def write_tiny_base(directory: Path) -> Path:
