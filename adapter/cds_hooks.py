@@ -30,7 +30,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from radproto.adapter.fhir_routes import FhirApi, api_of
+from radproto.adapter.context import ContextDep
+from radproto.adapter.fhir_routes import FhirApi, FhirApiDep
 from radproto.fhir_mappings.fhir import (
     FhirValidationError,
     service_request_to_order,
@@ -154,7 +155,8 @@ async def discovery() -> JSONResponse:
 
 
 @router.post("/cds-services/{service_id}")
-async def call_service(service_id: str, request: Request) -> Response:
+async def call_service(service_id: str, request: Request, api: FhirApiDep,
+                       ctx: ContextDep) -> Response:
     started = time.perf_counter()
     service = SERVICES.get(service_id)
     if service is None:
@@ -169,7 +171,6 @@ async def call_service(service_id: str, request: Request) -> Response:
     if body.get("hook") != service["hook"] or not body.get("hookInstance"):
         return JSONResponse({"error": f"this service answers '{service['hook']}' calls "
                              "with a hookInstance", "field": "hook"}, status_code=400)
-    api = api_of(request)
     classifier = api.classifier
     if classifier is None:
         return JSONResponse({"error": "the model is loading"}, status_code=503)
@@ -182,7 +183,9 @@ async def call_service(service_id: str, request: Request) -> Response:
             requests.append(sr)
         except FhirValidationError as exc:  # a half-typed draft: no card for it
             log.info("cds draft not mapped: %s", exc.issues[0].location)
-    cache = _cache_of(request)
+    if ctx.cds_cache is None:
+        ctx.cds_cache = SuggestionCache()
+    cache = ctx.cds_cache
     patient_key = patient if isinstance(patient, dict) else None
     keys = [cache.key(str(classifier.model_version), sr, patient_key) for sr in requests]
     missing = [(k, o) for k, o in zip(keys, orders, strict=True) if cache.get(k) is None]
@@ -206,13 +209,6 @@ async def call_service(service_id: str, request: Request) -> Response:
 def _log_failure(future: asyncio.Future) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("cds scoring failed: %s", type(future.exception()).__name__)
-
-
-def _cache_of(request: Request) -> SuggestionCache:
-    state = request.app.state
-    if getattr(state, "radproto_cds_cache", None) is None:
-        state.radproto_cds_cache = SuggestionCache()
-    return state.radproto_cds_cache
 
 
 def _order(sr: dict[str, Any], patient: dict[str, Any] | None) -> Order:

@@ -27,8 +27,8 @@ from radproto.adapter.fhir_routes import (
     FHIR_JSON,
     TASK_STATUS,
     FhirApi,
+    FhirApiDep,
     FhirResponse,
-    api_of,
     fhir_error,
     fhir_settings_of,
     read_resource,
@@ -186,8 +186,7 @@ def our_task_id(task: dict[str, Any]) -> str | None:
 
 
 @router.put("/fhir/Task/{task_id}")
-async def update_task(task_id: str, request: Request) -> Response:
-    api = api_of(request)
+async def update_task(task_id: str, request: Request, api: FhirApiDep) -> Response:
     try:
         task = await read_resource(request)
         validate_resource(task, "Task")
@@ -203,10 +202,9 @@ async def update_task(task_id: str, request: Request) -> Response:
 
 
 @router.post("/feedback")
-async def post_feedback(request: Request) -> Response:
+async def post_feedback(request: Request, api: FhirApiDep) -> Response:
     """{"task_id" or "suggestion_id", "outcome": accepted|rejected|changed, "protocol",
     "reason"}."""
-    api = api_of(request)
     try:
         body = await request.json()
     except ValueError:

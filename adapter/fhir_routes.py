@@ -9,9 +9,10 @@
 
 A ServiceRequest is stored as a message (content type application/fhir+json: a collection
 Bundle of the request and the Patient / Conditions fetched for it) and classified by the
-worker through the pipeline like any HL7 message. `install` (the http_app extension hook)
-registers the parser and the outbox relay and includes every FHIR router in the app;
-`fhir_writeback_builders` gives the pipeline its FHIR write-back.
+worker through the pipeline like any HL7 message (its parser: `parse_fhir_message`, over
+fhir_mappings/fhir_bundle.py). `wire_fhir` (called by http_app.create_app) builds the API
+object and starts the FHIR outbox relay; `fhir_writeback_builders` gives the pipeline its
+FHIR write-back.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from radproto.adapter.context import ContextDep, ServiceContext
 from radproto.adapter.fhir_client import (
     OUTBOX_KIND,
     FhirClient,
@@ -58,6 +60,11 @@ from radproto.fhir_mappings.fhir import (
     suggestion_to_task,
     validate_resource,
 )
+from radproto.fhir_mappings.fhir_bundle import (
+    FHIR_JSON,
+    pack_message,
+    unpack_message,
+)
 from radproto.fhir_mappings.fhir_task import (
     OUTPUT_TYPE_SYSTEM,
     TASK_IDENTIFIER_SYSTEM,
@@ -71,7 +78,6 @@ from radproto.model.suggestion import Suggestion
 
 log = logging.getLogger("radproto.fhir")
 
-FHIR_JSON = "application/fhir+json"
 FHIR_SOURCE = "fhir"
 _ACCEPTED_TYPES = ("application/fhir+json", "application/json", "")
 
@@ -90,37 +96,6 @@ def validation_response(exc: FhirValidationError) -> FhirResponse:
     a business rule (FHIR's http page draws the line the same way)."""
     structural = any(i.code in ("structure", "value", "not-supported") for i in exc.issues)
     return fhir_error(exc.issues, 400 if structural else 422)
-
-
-# -- stored message format -----------------------------------------------------------------
-
-
-def pack_message(sr: dict[str, Any], related: dict[str, dict[str, Any]]) -> str:
-    """The stored form of an order: a collection Bundle, the request first."""
-    entries = [{"fullUrl": f"ServiceRequest/{sr['id']}", "resource": sr}]
-    entries += [{"fullUrl": ref, "resource": res} for ref, res in related.items()]
-    return json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries},
-                      separators=(",", ":"), sort_keys=True)
-
-
-def unpack_message(raw: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    bundle = json.loads(raw)
-    if bundle.get("resourceType") == "ServiceRequest":
-        return bundle, {}
-    entries = bundle.get("entry") or []
-    return entries[0]["resource"], {e["fullUrl"]: e["resource"] for e in entries[1:]}
-
-
-def parse_fhir_message(message: StoredMessage) -> Order:
-    """The pipeline's parser for application/fhir+json messages."""
-    sr, related = unpack_message(message.raw)
-    subject = (sr.get("subject") or {}).get("reference", "")
-    order = service_request_to_order(sr, patient=related.get(subject), conditions=related,
-                                     raw_message_id=message.id)
-    # The store keys an order by its placer number; a FHIR order's is its ServiceRequest id.
-    return order.model_copy(update={
-        "placer_order_number": sr["id"],
-        "extra": {**order.extra, "placer_identifier": order.placer_order_number}})
 
 
 def order_refs(order: Order) -> tuple[str, str]:
@@ -347,8 +322,15 @@ class FhirApi:
 router = APIRouter(tags=["fhir"])
 
 
-def api_of(request: Request) -> FhirApi:
-    return request.app.state.radproto_fhir
+def fhir_api(ctx: ContextDep) -> FhirApi:
+    """The FHIR API object of the service (http_app.create_app builds it)."""
+    if ctx.fhir is None:
+        raise RuntimeError("the FHIR part is not wired (http_app.create_app parts)")
+    return ctx.fhir
+
+
+#: Declare `api: FhirApiDep` in a route to reach the FHIR API object.
+FhirApiDep = Annotated[FhirApi, Depends(fhir_api)]
 
 
 async def read_resource(request: Request) -> dict[str, Any]:
@@ -374,17 +356,16 @@ async def capability_statement(request: Request) -> FhirResponse:
 
 
 @router.post("/fhir/ServiceRequest")
-async def create_service_request(request: Request) -> Response:
-    return await _intake(request, None)
+async def create_service_request(request: Request, api: FhirApiDep) -> Response:
+    return await _intake(api, request, None)
 
 
 @router.put("/fhir/ServiceRequest/{sr_id}")
-async def update_service_request(sr_id: str, request: Request) -> Response:
-    return await _intake(request, sr_id)
+async def update_service_request(sr_id: str, request: Request, api: FhirApiDep) -> Response:
+    return await _intake(api, request, sr_id)
 
 
-async def _intake(request: Request, sr_id: str | None) -> Response:
-    api = api_of(request)
+async def _intake(api: FhirApi, request: Request, sr_id: str | None) -> Response:
     try:
         sr = await read_resource(request)
         if sr_id is not None:
@@ -413,8 +394,7 @@ async def _answer_with_task(api: FhirApi, request: Request, message_id: str) -> 
 
 @router.post("/fhir")
 @router.post("/fhir/")
-async def bundle(request: Request) -> Response:
-    api = api_of(request)
+async def bundle(request: Request, api: FhirApiDep) -> Response:
     try:
         body = await read_resource(request)
         if body.get("resourceType") != "Bundle":
@@ -494,22 +474,22 @@ def _prefixed(index: int, exc: FhirValidationError) -> list[Issue]:
 
 
 @router.get("/fhir/Task/{task_id}")
-async def read_task(task_id: str, request: Request) -> Response:
-    task = await asyncio.to_thread(api_of(request).task_for_message, task_id)
+async def read_task(task_id: str, api: FhirApiDep) -> Response:
+    task = await asyncio.to_thread(api.task_for_message, task_id)
     if task is None:
         return fhir_error(None, 404, f"Task/{task_id} not found", "not-found")
     return FhirResponse(task)
 
 
 @router.get("/fhir/Task")
-async def search_tasks(request: Request) -> Response:
+async def search_tasks(request: Request, api: FhirApiDep) -> Response:
     focus = request.query_params.get("focus", "")
     unknown = set(request.query_params) - {"focus", "_format"}
     if not focus or unknown:
         return fhir_error([Issue("focus", "search Tasks by focus=ServiceRequest/{id}",
                                  "not-supported")], 400)
     sr_id = focus.rstrip("/").split("/")[-1]
-    tasks = await asyncio.to_thread(api_of(request).tasks_for_service_request, sr_id)
+    tasks = await asyncio.to_thread(api.tasks_for_service_request, sr_id)
     return FhirResponse({
         "resourceType": "Bundle", "type": "searchset", "total": len(tasks),
         "entry": [{"fullUrl": f"Task/{t['id']}", "resource": t, "search": {"mode": "match"}}
@@ -567,7 +547,7 @@ def make_ehr_client(settings: FhirSettings) -> FhirClient | None:
                       retries=settings.client_retries)
 
 
-def fhir_writeback_builders(context: Any) -> list[FhirWriteback]:
+def fhir_writeback_builders(context: ServiceContext) -> list[FhirWriteback]:
     """The pipeline's outbox builders for FHIR orders (none without an EHR server)."""
     settings = fhir_settings_of(context)
     if not settings.server_url or settings.writeback == "none":
@@ -575,38 +555,29 @@ def fhir_writeback_builders(context: Any) -> list[FhirWriteback]:
     return [FhirWriteback(settings.server_url.rstrip("/"), settings.writeback)]
 
 
-def fhir_settings_of(context: Any) -> FhirSettings:
-    """The `fhir` section of the service settings (an embedding app or a test may put a
-    FhirSettings in context.extra["fhir_settings"] instead)."""
-    return (context.extra.get("fhir_settings") or getattr(context.settings, "fhir", None)
+def fhir_settings_of(context: ServiceContext) -> FhirSettings:
+    """The FHIR settings in force: the context's own (an embedding app or a test), else the
+    `fhir` section of the service settings."""
+    return (context.fhir_settings or getattr(context.settings, "fhir", None)
             or FhirSettings())
 
 
-def install(app: FastAPI, context: Any) -> None:
-    """The http_app extension hook: the FHIR API, feedback, subscription and CDS Hooks
-    routers, the pipeline's FHIR parser, and the FHIR outbox relay."""
-    from radproto.adapter import pipeline as pipeline_module
-    from radproto.adapter.cds_hooks import router as cds_router
-    from radproto.adapter.feedback import router as feedback_router
-    from radproto.adapter.subscriptions import router as subscriptions_router
-
+def wire_fhir(app: FastAPI, context: ServiceContext) -> FhirApi:
+    """Build the FHIR API object (context.fhir) and start the FHIR outbox relay when write-back
+    is on: with the running service's loop, or, for an app built outside a loop (tests),
+    for as long as the app runs."""
     settings = fhir_settings_of(context)
-    ehr = context.extra.get("fhir_client") or make_ehr_client(settings)
-    app.state.radproto_fhir = context.extra["fhir_service"] = FhirApi(
-        context, settings=settings, ehr=ehr)
-    pipeline_module.register_parser(FHIR_JSON, parse_fhir_message)
-    for r in (router, feedback_router, subscriptions_router, cds_router):
-        app.include_router(r)
+    ehr = context.fhir_client or make_ehr_client(settings)
+    context.fhir = FhirApi(context, settings=settings, ehr=ehr)
     if ehr is not None and settings.writeback != "none":
-        relay = FhirOutboxRelay(context.store, ehr)
-        context.extra["fhir_relay"] = relay
+        relay = context.fhir_relay = FhirOutboxRelay(context.store, ehr)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # built outside a loop (tests): the relay runs with the app
             _run_relay_with_app(app, relay)
         else:  # built by the running service (uvicorn runs with lifespan off)
-            context.extra["fhir_relay_task"] = loop.create_task(relay.run(),
-                                                                name="fhir-outbox-relay")
+            context.fhir_relay_task = loop.create_task(relay.run(), name="fhir-outbox-relay")
+    return context.fhir
 
 
 def _run_relay_with_app(app: FastAPI, relay: FhirOutboxRelay) -> None:

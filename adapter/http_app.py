@@ -1,119 +1,95 @@
-"""The HTTP API's FastAPI app: /healthz here; the FHIR, CDS Hooks and security parts plug in.
+"""The HTTP API's FastAPI app, wired in plain code: security first, then every router.
 
-How a part plugs in (any of):
-  * pass routers: `create_app(context, routers=[router])`;
-  * register a provider before the app is built: `register_router_provider(fn)` where
-    `fn(context) -> APIRouter`;
-  * be one of EXTENSION_MODULES: each is imported and may define
-    `build_router(context) -> APIRouter` (included) and/or `install(app, context) -> None`
-    (middleware, exception handlers, extra state).
-Route handlers reach the service through the `get_context` dependency (or
-`request.app.state.context`): the store, the catalog, the classifier (None while loading).
+    create_app(context)   the service's app: the security middleware and its operations
+                          routes (/healthz, /readyz, /metrics), the FHIR API, feedback,
+                          Subscription notifications, CDS Hooks and the worklist.
+
+`parts` leaves parts out (tests of one part); `routers` adds routers of an embedding app.
+Route handlers reach the service through `ctx: ContextDep` (adapter/context.py): the store,
+the catalog, the classifier (None while loading), the FHIR API object.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Sequence
+from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 
 from radproto import __version__
+from radproto.adapter import cds_hooks, feedback, fhir_routes, subscriptions, worklist
+from radproto.adapter.context import ServiceContext
+from radproto.adapter.security import install_security, tcp_reachable
 
-if TYPE_CHECKING:
-    from radproto.adapter.hl7_listener import MllpListener
-    from radproto.adapter.outbox import OutboxRelay
-    from radproto.adapter.pipeline import Classifier
-    from radproto.adapter.settings import ServiceSettings
-    from radproto.adapter.store import Store
-    from radproto.adapter.worker import Worker
-    from radproto.model.catalog import Catalog
-
-#: Modules of other parts, included when present (order matters: security first).
-EXTENSION_MODULES: tuple[str, ...] = (
-    "radproto.adapter.auth",
-    "radproto.adapter.fhir_routes",
-    # The radiologists' worklist page (its router, and its static files mounted by install);
-    # behind the security middleware like every route, its policy rules in adapter/auth.py.
-    "radproto.adapter.worklist",
-)
-RouterProvider = Callable[["ServiceContext"], APIRouter]
-_PROVIDERS: list[RouterProvider] = []
+Part = Literal["security", "fhir", "worklist"]
+#: Every part, in the order they are wired (security first: its middleware wraps the rest).
+ALL_PARTS: tuple[Part, ...] = ("security", "fhir", "worklist")
 
 
-@dataclass
-class ServiceContext:
-    """The running service, shared by the MLLP side, the worker and every HTTP route."""
-
-    settings: ServiceSettings
-    store: Store
-    catalog: Catalog
-    classifier: Classifier | None = None
-    model_status: str = "loading"  # loading | ready | failed | paused (shutdown mid-training)
-    model_error: str = ""
-    model_uri: str = ""
-    worker: Worker | None = None
-    listener: MllpListener | None = None
-    relay: OutboxRelay | None = None
-    started_at: float = field(default_factory=time.time)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def wake_worker(self) -> None:
-        if self.worker is not None:
-            self.worker.wake()
-
-
-def get_context(request: Request) -> ServiceContext:
-    """FastAPI dependency: `context: ServiceContext = Depends(get_context)`."""
-    return request.app.state.context
-
-
-def register_router_provider(provider: RouterProvider) -> None:
-    if provider not in _PROVIDERS:
-        _PROVIDERS.append(provider)
+def service_health(context: ServiceContext) -> tuple[dict[str, Any], int]:
+    """/healthz: the body and status of the running service's health."""
+    store_ok = context.store.ping()
+    counts = context.store.message_counts() if store_ok else {}
+    worker_ok = context.worker.alive if context.worker is not None else False
+    healthy = store_ok and context.model_status != "failed"
+    body: dict[str, Any] = {
+        "status": "ok" if healthy else "unavailable",
+        "version": __version__,
+        "store": "ok" if store_ok else "unavailable",
+        "model": context.model_status,
+        "model_version": getattr(context.classifier, "model_version", None),
+        "worker": "running" if worker_ok else "stopped",
+        "queue": counts,
+        "mllp_connections": len(context.listener.connections) if context.listener else 0,
+        "uptime_s": round(time.time() - context.started_at, 1),
+    }
+    if context.model_error:
+        body["model_error"] = context.model_error
+    return body, 200 if healthy else 503
 
 
 def create_app(context: ServiceContext, *, routers: Sequence[APIRouter] = (),
-               extensions: Sequence[str] | None = None) -> FastAPI:
+               parts: Collection[Part] = ALL_PARTS) -> FastAPI:
     app = FastAPI(title="radproto", version=__version__,
                   description="Suggests the imaging protocol for a radiology order.")
     app.state.context = context
 
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> JSONResponse:
-        store_ok = context.store.ping()
-        counts = context.store.message_counts() if store_ok else {}
-        worker_ok = context.worker.alive if context.worker is not None else False
-        healthy = store_ok and context.model_status != "failed"
-        body = {
-            "status": "ok" if healthy else "unavailable",
-            "version": __version__,
-            "store": "ok" if store_ok else "unavailable",
-            "model": context.model_status,
-            "model_version": getattr(context.classifier, "model_version", None),
-            "worker": "running" if worker_ok else "stopped",
-            "queue": counts,
-            "mllp_connections": len(context.listener.connections) if context.listener else 0,
-            "uptime_s": round(time.time() - context.started_at, 1),
-        }
-        if context.model_error:
-            body["model_error"] = context.model_error
-        return JSONResponse(body, status_code=200 if healthy else 503)
+    if "security" in parts:
+        # Always part of the service: a missing access-control part must stop the service,
+        # never leave the routes open.
+        context.security = install_security(
+            app, context.settings.security, context.store, readiness=_readiness(context),
+            ready_info=lambda: context.ready_info() if context.ready_info else {},
+            health=lambda: service_health(context))
+    else:
+        @app.get("/healthz", tags=["ops"])
+        def healthz() -> JSONResponse:
+            body, status = service_health(context)
+            return JSONResponse(body, status_code=status)
 
     for router in routers:
         app.include_router(router)
-    for provider in _PROVIDERS:
-        app.include_router(provider(context))
-    for name in (EXTENSION_MODULES if extensions is None else extensions):
-        # Imported unconditionally: a missing access-control module must stop the service,
-        # never leave the routes open.
-        module = importlib.import_module(name)
-        if hasattr(module, "install"):
-            module.install(app, context)
-        if hasattr(module, "build_router"):
-            app.include_router(module.build_router(context))
+    if "fhir" in parts:
+        fhir_routes.wire_fhir(app, context)
+        app.include_router(fhir_routes.router)
+        app.include_router(feedback.router)
+        app.include_router(subscriptions.router)
+        app.include_router(cds_hooks.router)
+    if "worklist" in parts:
+        # The radiologists' worklist page, behind the security middleware like every route
+        # (its policy rules in adapter/security/policy.py), and its static files.
+        app.include_router(worklist.build_router(context))
+        worklist.mount_static(app)
     return app
+
+
+def _readiness(context: ServiceContext) -> dict[str, Any]:
+    """/readyz's checks besides the store: the model, and the write-back destination."""
+    checks: dict[str, Any] = {"model": lambda: context.model_status == "ready"}
+    host = context.settings.writeback_host
+    port = context.settings.writeback_port
+    if host and port:
+        checks["writeback"] = lambda: tcp_reachable(host, port)
+    return checks

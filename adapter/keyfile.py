@@ -14,14 +14,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from radproto.adapter.auth import (
+from radproto.adapter.security import (
     KEY_NAME,
     ApiKey,
     api_key_line,
     hash_api_key,
     parse_api_keys,
 )
-from radproto.adapter.security_settings import ROLES
+from radproto.adapter.security.principal import ROLES
 from radproto.model.errors import ConfigError
 
 #: Bytes of randomness in a new key (256 bits), before URL-safe base64.

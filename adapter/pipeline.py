@@ -10,8 +10,9 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from radproto.adapter import audit
@@ -23,6 +24,10 @@ from radproto.adapter.store import (
     StoredMessage,
     StoreUnavailable,
 )
+from radproto.fhir_mappings import hl7v2
+from radproto.fhir_mappings.fhir_bundle import FHIR_JSON, stored_bundle_to_order
+from radproto.fhir_mappings.hl7v2 import message_to_order, parse_header, suggestion_to_message
+from radproto.fhir_mappings.hl7v2_outbound import verdict_to_message
 from radproto.model.catalog import Catalog
 from radproto.model.errors import MappingError
 from radproto.model.order import Order, OrderAction
@@ -65,18 +70,21 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO,
 OrderParser = Callable[[StoredMessage], Order]
 
 
-def _parse_hl7v2(message: StoredMessage) -> Order:
-    from radproto.fhir_mappings.hl7v2 import message_to_order
-
+def parse_hl7v2(message: StoredMessage) -> Order:
+    """The parser of application/hl7-v2 messages (ORM^O01, OMI^O23)."""
     return message_to_order(message.raw, raw_message_id=message.id)
 
 
-#: content type -> parser; the FHIR side may register its own (register_parser).
-PARSERS: dict[str, OrderParser] = {HL7V2_CONTENT_TYPE: _parse_hl7v2}
+def parse_fhir(message: StoredMessage) -> Order:
+    """The parser of application/fhir+json messages (fhir_mappings/fhir_bundle.py)."""
+    return stored_bundle_to_order(message.raw, raw_message_id=message.id)
 
 
-def register_parser(content_type: str, parser: OrderParser) -> None:
-    PARSERS[content_type] = parser
+#: content type -> parser: every kind of message the service stores.
+DEFAULT_PARSERS: Mapping[str, OrderParser] = MappingProxyType({
+    HL7V2_CONTENT_TYPE: parse_hl7v2,
+    FHIR_JSON: parse_fhir,
+})
 
 
 # ---------------------------------------------------------------------------- write-back
@@ -100,8 +108,6 @@ class MllpWriteback:
                  catalog: Catalog) -> list[OutboxItem]:
         if message.content_type != HL7V2_CONTENT_TYPE:
             return []
-        from radproto.fhir_mappings.hl7v2 import parse_header, suggestion_to_message
-
         header = parse_header(message.raw)
         legacy = header.version.startswith(("2.1", "2.2", "2.3"))
         style = self.style if self.style != "auto" else ("orm" if legacy else "omi")
@@ -134,9 +140,6 @@ class MllpWriteback:
         in the same style as its suggestion (fhir_mappings verdict_to_message)."""
         if message.content_type != HL7V2_CONTENT_TYPE:
             return []
-        from radproto.fhir_mappings.hl7v2 import parse_header
-        from radproto.fhir_mappings.hl7v2_outbound import verdict_to_message
-
         sender = facility = ""
         legacy, version = False, None
         if message.raw:  # purged by retention: the configured defaults
@@ -172,6 +175,7 @@ class Pipeline:
     transaction. Cancels skip the model."""
 
     def __init__(self, store: Store, classifier: Classifier, *,
+                 parsers: Mapping[str, OrderParser] = DEFAULT_PARSERS,
                  outbox_builders: Sequence[OutboxBuilder] = (),
                  log_hash_key: str = "", on_outbox: Callable[[], None] | None = None,
                  app_ack_destination: str = "") -> None:
@@ -180,6 +184,7 @@ class Pipeline:
         self.app_ack_destination = app_ack_destination
         self.on_outbox = on_outbox  # called (from the worker thread) when rows were queued
         self.classifier = classifier
+        self.parsers = parsers
         self.outbox_builders = list(outbox_builders)
         self.log_hash_key = log_hash_key
 
@@ -188,7 +193,7 @@ class Pipeline:
         parsed: list[tuple[StoredMessage, Order]] = []
         for message in messages:
             try:
-                parser = PARSERS.get(message.content_type)
+                parser = self.parsers.get(message.content_type)
                 if parser is None:
                     raise MappingError(f"no parser for content type {message.content_type}")
                 parsed.append((message, parser(message)))
@@ -278,8 +283,6 @@ class Pipeline:
         sent to the write-back destination once the order is processed."""
         if not self.app_ack_destination or message.content_type != HL7V2_CONTENT_TYPE:
             return []
-        from radproto.fhir_mappings import hl7v2
-
         header = hl7v2.parse_header(message.raw)
         if hl7v2.ack_mode(header) != "enhanced" or not hl7v2.ack_wanted(
                 header, "application", success=True):

@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -32,9 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from radproto.adapter.auth import MllpGuard
+from radproto.adapter.context import ServiceContext
+from radproto.adapter.fhir_routes import fhir_writeback_builders
 from radproto.adapter.hl7_listener import MessageHandler, MllpListener
-from radproto.adapter.http_app import ServiceContext, create_app
+from radproto.adapter.http_app import create_app
+from radproto.adapter.mllp_client import MllpClient
 from radproto.adapter.observability import (
     MODEL_DROPPED_PROTOCOLS,
     MODEL_INFO,
@@ -42,7 +44,17 @@ from radproto.adapter.observability import (
     QUEUE_DEPTH,
     gauge_from,
 )
-from radproto.adapter.pipeline import Classifier, MllpWriteback, Pipeline, log_event
+from radproto.adapter.outbox import OutboxRelay
+from radproto.adapter.pipeline import (
+    DEFAULT_PARSERS,
+    Classifier,
+    MllpWriteback,
+    Pipeline,
+    log_event,
+)
+from radproto.adapter.retention import run_periodic
+from radproto.adapter.security import MllpGuard
+from radproto.adapter.security.settings import validate_security
 from radproto.adapter.settings import ServiceSettings, settings_from_cli
 from radproto.adapter.store import Store, open_store
 from radproto.adapter.worker import Worker
@@ -81,8 +93,6 @@ def serve_from_cli(args: argparse.Namespace) -> int:
 
 
 def _check_security(settings: ServiceSettings) -> None:
-    from radproto.adapter.security_settings import validate_security
-
     try:
         validate_security(settings.security)
     except ConfigError as exc:
@@ -199,14 +209,10 @@ class Service:
         if s.http_enabled:
             await self._start_http(ctx)
         if s.writeback_host:
-            from radproto.adapter.outbox import OutboxRelay
-
             ctx.relay = OutboxRelay(store, backoff_initial_s=s.writeback_backoff_initial_s,
                                     backoff_max_s=s.writeback_backoff_max_s,
                                     client_factory=self._writeback_client).start()
         if s.security.retention_days > 0:
-            from radproto.adapter.retention import run_periodic
-
             self._tasks.append(asyncio.create_task(run_periodic(
                 store, s.security.retention_days, s.security.retention_interval_seconds),
                 name="retention"))
@@ -223,10 +229,6 @@ class Service:
         return ctx
 
     def _writeback_client(self, destination: str):
-        import ssl
-
-        from radproto.adapter.mllp_client import MllpClient
-
         s = self.settings
         host, _, port = destination.rpartition(":")
         context = None
@@ -269,7 +271,7 @@ class Service:
         version = str(getattr(classifier, "model_version", ""))
         catalog_version = str(getattr(classifier.catalog, "version", ""))
         differences = catalog_differences(classifier)
-        ctx.extra["model_catalog_differences"] = differences
+        ctx.model_catalog_differences = differences
         MODEL_INFO.clear()
         MODEL_INFO.labels(model_version=version, catalog_version=catalog_version).set(1)
         MODEL_UNTRAINED_PROTOCOLS.set(len(differences["untrained_protocols"]))
@@ -288,7 +290,7 @@ class Service:
         ctx = self.context
         if ctx is None:
             return {}
-        differences = ctx.extra.get("model_catalog_differences") or {}
+        differences = ctx.model_catalog_differences
         return {"model": {
             "status": ctx.model_status,
             "version": getattr(ctx.classifier, "model_version", None),
@@ -358,11 +360,7 @@ class Service:
             self._poll_thread = threading.Thread(target=self._poll_model, args=followed,
                                                  daemon=True, name="radproto-model-poll")
             self._poll_thread.start()
-        builders: list[Any] = []
-        if importlib.util.find_spec("radproto.adapter.fhir_routes") is not None:
-            from radproto.adapter.fhir_routes import fhir_writeback_builders
-
-            builders += fhir_writeback_builders(ctx)  # Task write-back of FHIR orders
+        builders: list[Any] = list(fhir_writeback_builders(ctx))  # Tasks of FHIR orders
         if s.writeback_host:
             builders.append(MllpWriteback(
                 s.writeback_destination, style=s.writeback_style,
@@ -372,7 +370,8 @@ class Service:
                 receiving_facility=s.writeback_receiving_facility))
         relay = ctx.relay
         loop = asyncio.get_running_loop()
-        pipeline = Pipeline(ctx.store, classifier, outbox_builders=builders,
+        pipeline = Pipeline(ctx.store, classifier, parsers=DEFAULT_PARSERS,
+                            outbox_builders=builders,
                             log_hash_key=s.security.log_hash_key,
                             on_outbox=(lambda: loop.call_soon_threadsafe(relay.wake))
                             if relay is not None else None,
@@ -388,8 +387,8 @@ class Service:
             def capture_signals(self):  # type: ignore[override]
                 return contextlib.nullcontext()
 
+        ctx.ready_info = self.model_summary  # /readyz names the model
         app = self.app = create_app(ctx)
-        app.state.radproto_ready_info = self.model_summary  # /readyz names the model
         host, port = self.settings.host, self.settings.http_port
         try:  # bound here so that a busy port is a clear error, not uvicorn's sys.exit
             sock = socket.create_server((host, port), reuse_port=False)
@@ -414,10 +413,8 @@ class Service:
         ctx = self.context
         if ctx is None:
             return
-        if self.app is not None and importlib.util.find_spec("radproto.adapter.auth"):
-            from radproto.adapter.auth import begin_shutdown
-
-            begin_shutdown(self.app)  # /readyz answers 503 while we drain
+        if ctx.security is not None:
+            ctx.security.shutting_down = True  # /readyz answers 503 while we drain
         if ctx.listener is not None:
             await ctx.listener.stop()
         if self._uvicorn is not None:
@@ -438,9 +435,18 @@ class Service:
             await asyncio.to_thread(self._poll_thread.join, self.settings.shutdown_grace_s)
         if ctx.worker is not None:
             await asyncio.to_thread(ctx.worker.stop)
+        # Started after the worker, stopped before it in reverse: the relays, the FHIR API.
         if ctx.relay is not None:
             await ctx.relay.stop()
-        await _stop_extensions(ctx)
+        if ctx.fhir_relay is not None:
+            ctx.fhir_relay.stop()
+        if ctx.fhir_relay_task is not None and not ctx.fhir_relay_task.done():
+            try:
+                await asyncio.wait_for(ctx.fhir_relay_task, 5)
+            except (Exception, asyncio.CancelledError):
+                ctx.fhir_relay_task.cancel()
+        if ctx.fhir is not None:
+            await asyncio.to_thread(ctx.fhir.stop)  # answers what the CDS batcher holds
         for task in self._tasks:
             if task.get_name() != "http":
                 task.cancel()
@@ -450,23 +456,6 @@ class Service:
             ctx.store.close()
         self.executor.shutdown(wait=False)
         log_event(log, "service_stopped")
-
-
-async def _stop_extensions(ctx: ServiceContext) -> None:
-    """Stop what extensions started (e.g. the FHIR outbox relay: extra["fhir_relay"] with
-    its task in extra["fhir_relay_task"]; the FHIR routes' extra["fhir_service"])."""
-    for key, value in list(ctx.extra.items()):
-        if key.endswith(("_relay", "_service")) and hasattr(value, "stop"):
-            with contextlib.suppress(Exception):
-                result = value.stop()
-                if asyncio.iscoroutine(result):
-                    await asyncio.wait_for(result, 10)
-    for key, value in list(ctx.extra.items()):
-        if key.endswith("_task") and isinstance(value, asyncio.Task) and not value.done():
-            try:
-                await asyncio.wait_for(value, 5)
-            except (Exception, asyncio.CancelledError):
-                value.cancel()
 
 
 async def run_service(settings: ServiceSettings, *, classifier: Classifier | None = None,

@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from radproto.adapter.fhir_client import FhirSettings
-from radproto.adapter.security_settings import SecuritySettings
+from radproto.adapter.security.settings import SecuritySettings
 from radproto.model.errors import ConfigError
 
 ENV_PREFIX = "RADPROTO_"

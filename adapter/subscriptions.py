@@ -23,11 +23,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from radproto.adapter.context import ContextDep, ServiceContext
 from radproto.adapter.fhir_client import FhirClientError
 from radproto.adapter.fhir_routes import (
     FhirApi,
     FhirResponse,
-    api_of,
+    fhir_api,
     fhir_error,
     read_resource,
     validation_response,
@@ -243,18 +244,18 @@ class SubscriptionHandler:
         return self.api.ehr
 
 
-def handler_of(request: Request) -> SubscriptionHandler:
-    state = request.app.state
-    if getattr(state, "radproto_subscriptions", None) is None:
-        state.radproto_subscriptions = SubscriptionHandler(api_of(request))
-    return state.radproto_subscriptions
+def handler_of(ctx: ServiceContext) -> SubscriptionHandler:
+    """This process's subscription handler (made on first use)."""
+    if ctx.subscriptions is None:
+        ctx.subscriptions = SubscriptionHandler(fhir_api(ctx))
+    return ctx.subscriptions
 
 
 @router.post("/fhir/$subscription-notification")
-async def notification(request: Request) -> Response:
+async def notification(request: Request, ctx: ContextDep) -> Response:
     try:
         note = parse_notification(await read_resource(request))
-        result = await handler_of(request).handle(note)
+        result = await handler_of(ctx).handle(note)
     except FhirValidationError as exc:
         return validation_response(exc)
     except (FhirClientError, StoreUnavailable) as exc:

@@ -8,11 +8,11 @@ offline) where suggestions get their verdict.
                                  "protocol", "reason"}: recorded by feedback.record (the same
                                  transaction and write-backs as the FHIR feedback)
     GET  /worklist/login         sign-in page (an API key or a JWT of a configured issuer)
-    POST /worklist/login         sign in: the session cookie (adapter/sessions.py)
+    POST /worklist/login         sign in: the session cookie (adapter/security/sessions.py)
     POST /worklist/logout        sign out
     GET  /worklist/static/...    the page's CSS and JavaScript
 
-Roles radiologist or admin (the policy table in adapter/auth.py). The page and its data
+Roles radiologist or admin (the policy table in adapter/security/policy.py). The page and its data
 routes accept the session cookie or the API's own credentials (X-API-Key, a bearer JWT); a
 POST made with the cookie must carry the session's CSRF token (X-CSRF-Token). Every row
 whose clinical text a response carries is an audit event (who, which order, when), written
@@ -34,8 +34,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 
 from radproto.adapter import audit
-from radproto.adapter.auth import AuthError, Principal
-from radproto.adapter.sessions import CSRF_HEADER, SESSION_AUTH, SessionManager
+from radproto.adapter.context import ServiceContext
+from radproto.adapter.feedback import actor_of, record
+from radproto.adapter.fhir_routes import FhirApi
+from radproto.adapter.security import AuthError, Principal, PrincipalDep
+from radproto.adapter.security.sessions import CSRF_HEADER, SESSION_AUTH, SessionManager
 from radproto.adapter.store import NotFound, StoreUnavailable, WorklistRow
 from radproto.model.catalog import Catalog
 
@@ -176,15 +179,10 @@ def catalog_entries(catalog: Catalog) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------- HTTP
 
 
-def _principal(request: Request) -> Principal:
-    principal = getattr(request.state, "principal", None)
-    if principal is None:  # the security middleware is not installed: refuse, never open
+def _sessions(context: ServiceContext) -> SessionManager:
+    if context.security is None:  # the security part is not wired: no sign-in, never open
         raise AuthError("no_credentials", "authentication required")
-    return principal
-
-
-def _sessions(request: Request) -> SessionManager:
-    return request.app.state.radproto_sessions
+    return context.security.sessions
 
 
 def _json_script(value: Any) -> str:
@@ -198,22 +196,21 @@ def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -
                                                           **(headers or {})})
 
 
-def _feedback_api(request: Request, context: Any) -> Any:
-    api = getattr(request.app.state, "radproto_fhir", None)
-    if api is None:
-        from radproto.adapter.fhir_routes import FhirApi
+def _feedback_api(context: ServiceContext) -> FhirApi:
+    """The FHIR API object verdicts are recorded through (made here when the FHIR part is not
+    wired: the write-backs of FHIR orders still need it)."""
+    if context.fhir is None:
+        context.fhir = FhirApi(context)
+    return context.fhir
 
-        api = request.app.state.radproto_fhir = FhirApi(context)
-    return api
 
-
-def build_router(context: Any) -> APIRouter:
+def build_router(context: ServiceContext) -> APIRouter:
     router = APIRouter(tags=["worklist"])
 
-    async def rows_for(request: Request, filters: dict[str, Any], known: set[str]
+    async def rows_for(request: Request, principal: Principal, filters: dict[str, Any],
+                       known: set[str]
                        ) -> tuple[list[WorklistRow], list[dict[str, Any]]] | Response:
         """The queue and the full items of rows the caller does not hold yet, audited."""
-        principal = _principal(request)
         try:
             rows = await asyncio.to_thread(queue, context, **filters)
             fresh = [r for r in rows if r.suggestion.id not in known]
@@ -227,14 +224,13 @@ def build_router(context: Any) -> APIRouter:
         return rows, [item(r, finals.get(r.suggestion.id)) for r in fresh]
 
     @router.get("/worklist", response_class=HTMLResponse)
-    async def page(request: Request) -> Response:
+    async def page(request: Request, principal: PrincipalDep) -> Response:
         """The worklist page (HTML)."""
         filters = parse_filters(request.query_params)
-        result = await rows_for(request, filters, set())
+        result = await rows_for(request, principal, filters, set())
         if isinstance(result, Response):
             return result
         _, items = result
-        principal = _principal(request)
         session = getattr(request.state, "session", None)
         query = urlencode({"status": ",".join(filters["statuses"]),
                            "modality": filters["modality"], "source": filters["source"]})
@@ -242,18 +238,18 @@ def build_router(context: Any) -> APIRouter:
             items=items, filters=filters, statuses=STATUSES, sources=list(SOURCES),
             modalities=sorted({p.modality for p in context.catalog.protocols}),
             actor=principal.actor, signed_in=session is not None,
-            csrf=_sessions(request).csrf_token(session) if session is not None else "",
+            csrf=_sessions(context).csrf_token(session) if session is not None else "",
             catalog_json=_json_script(catalog_entries(context.catalog)),
             items_json=_json_script(items), query=query, poll_ms=POLL_MS)
         return _html(body)
 
     @router.get("/worklist/items")
-    async def items(request: Request) -> Response:
+    async def items(request: Request, principal: PrincipalDep) -> Response:
         """The queue: `ids` (every row, in order) and `items` (full rows, clinical text
         included, of the ids not listed in `known`, comma-separated)."""
         filters = parse_filters(request.query_params)
         known = {k for k in request.query_params.get("known", "").split(",") if k}
-        result = await rows_for(request, filters, known)
+        result = await rows_for(request, principal, filters, known)
         if isinstance(result, Response):
             return result
         rows, fresh = result
@@ -264,10 +260,8 @@ def build_router(context: Any) -> APIRouter:
     async def verdict(request: Request) -> Response:
         """{"suggestion_id", "outcome": accepted|changed|rejected, "protocol" (a change),
         "reason" (a rejection)}."""
-        from radproto.adapter.feedback import actor_of, record
-
         session = getattr(request.state, "session", None)
-        if session is not None and not _sessions(request).csrf_ok(
+        if session is not None and not _sessions(context).csrf_ok(
                 session, request.headers.get(CSRF_HEADER)):
             return JSONResponse({"error": "missing or wrong CSRF token; reload the page"},
                                 status_code=403, headers=_SECURITY_HEADERS)
@@ -282,7 +276,7 @@ def build_router(context: Any) -> APIRouter:
             return JSONResponse({"error": "outcome must be accepted, changed or rejected",
                                  "field": "outcome"}, status_code=422)
         reason = str(body.get("reason") or "").strip()[:1000]
-        api = _feedback_api(request, context)
+        api = _feedback_api(context)
         try:
             stored = await asyncio.to_thread(context.store.get_suggestion,
                                              str(body.get("suggestion_id", "")))
@@ -328,7 +322,7 @@ def build_router(context: Any) -> APIRouter:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         api_key = (form.get("api_key") or [""])[0].strip()
         token = (form.get("token") or [""])[0].strip()
-        authenticator = getattr(request.app.state, "radproto_authenticator", None)
+        authenticator = context.security.authenticator if context.security else None
         error, status = "", 200
         principal = None
         if authenticator is None:
@@ -349,7 +343,7 @@ def build_router(context: Any) -> APIRouter:
             await asyncio.to_thread(_audit_login, context, principal, "failure", status, request)
             return _html(_templates.get_template("login.html").render(error=error), status)
         assert principal is not None
-        sessions = _sessions(request)
+        sessions = _sessions(context)
         value, session = sessions.issue(principal)
         await asyncio.to_thread(_audit_login, context, principal, "success", 303, request,
                                 session.id)
@@ -380,9 +374,9 @@ def _audit_login(context: Any, principal: Principal | None, outcome: str, status
             raise
 
 
-def install(app: FastAPI, context: Any) -> None:
-    """The http_app extension hook: the worklist's static files (CSS, JavaScript)."""
+def mount_static(app: FastAPI) -> None:
+    """The worklist's static files (CSS, JavaScript)."""
     app.mount("/worklist/static", StaticFiles(directory=STATIC_DIR), name="worklist-static")
 
 
-__all__ = ["SESSION_AUTH", "build_router", "install", "queue"]
+__all__ = ["SESSION_AUTH", "build_router", "mount_static", "queue"]

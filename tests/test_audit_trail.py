@@ -12,8 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from radproto.adapter import audit
-from radproto.adapter.auth import hash_api_key, install_security
-from radproto.adapter.security_settings import SecuritySettings
+from radproto.adapter.security import hash_api_key, install_security
+from radproto.adapter.security.settings import SecuritySettings
 from radproto.cli import main
 
 KEYS = {"integration": "k-int", "radiologist": "k-rad", "admin": "k-adm"}

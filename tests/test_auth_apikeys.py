@@ -9,14 +9,14 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from radproto.adapter.auth import (
+from radproto.adapter.security import (
     ApiKeyStore,
     hash_api_key,
     install_security,
     load_api_keys,
     parse_api_keys,
 )
-from radproto.adapter.security_settings import (
+from radproto.adapter.security.settings import (
     SecuritySettings,
     load_security_settings,
     validate_security,

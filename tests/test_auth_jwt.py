@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from radproto.adapter.auth import install_security
-from radproto.adapter.security_settings import JwtIssuer, SecuritySettings
+from radproto.adapter.security import install_security
+from radproto.adapter.security.settings import JwtIssuer, SecuritySettings
 
 AUDIENCE = "https://radproto.test/api"
 

@@ -8,14 +8,13 @@ import re
 import httpx
 import pytest
 
-from radproto.adapter.auth import ANY, PUBLIC, flat_routes, hash_api_key
-from radproto.adapter.security_settings import ROLES
+from radproto.adapter.security import ANY, PUBLIC, ROLES, flat_routes, hash_api_key
 
 KEYS = {role: f"key-for-{role}" for role in ROLES}
 
 
 def build_real_app(store, tmp_path, *, security_overrides: dict | None = None):
-    """The service's app as `radproto serve` builds it (create_app with its extensions),
+    """The service's app as `radproto serve` builds it (create_app with every part),
     with one API key per role."""
     from radproto.adapter.http_app import ServiceContext, create_app
     from radproto.adapter.settings import load_settings
@@ -31,40 +30,12 @@ def build_real_app(store, tmp_path, *, security_overrides: dict | None = None):
 
     context = ServiceContext(settings=settings, store=store, catalog=default_catalog(),
                              classifier=KeywordClassifier(), model_status="ready")
-    app = create_app(context)
-    _include_fhir_side(app, context)
-    return app
-
-
-def _include_fhir_side(app, context) -> None:
-    """While create_app does not include the FHIR side itself yet, include its routers the
-    way install_fhir does, so the matrix covers every route the service will serve."""
-    import importlib
-
-    present = {(r.path, m) for r in flat_routes(app) for m in (r.methods or ())}
-    for name in ("fhir_routes", "feedback", "subscriptions", "cds_hooks"):
-        try:
-            module = importlib.import_module(f"radproto.adapter.{name}")
-        except ImportError:
-            continue
-        router = getattr(module, "router", None)
-        if router is None:
-            continue
-        if all((r.path, m) in present for r in router.routes for m in r.methods):
-            continue
-        app.include_router(router)
-    if not hasattr(app.state, "radproto_fhir"):
-        try:
-            from radproto.adapter.fhir_routes import FhirApi
-
-            app.state.radproto_fhir = FhirApi(context)
-        except Exception:  # the FHIR side's API changed: routes still exist for the matrix
-            pass
+    return create_app(context)
 
 
 def route_cases(app) -> list[tuple[str, str, frozenset[str]]]:
     """(method, concrete path, roles the policy allows) for every route of the app."""
-    policy = app.state.radproto_policy
+    policy = app.state.security.policy
     cases = []
     for route in flat_routes(app):
         path = re.sub(r"\{[^}]+\}", "x1", route.path)
@@ -119,7 +90,7 @@ async def test_every_route_by_every_role(real_app):
 
 def test_every_route_is_named_in_the_policy(real_app):
     """A new route must get an explicit rule; the catch-all (admin only) is a safety net."""
-    policy = real_app.state.radproto_policy
+    policy = real_app.state.security.policy
     catch_all = policy.rules[-1]
     unlisted = [f"{m} {p}" for m, p, _ in route_cases(real_app)
                 if policy.rule_for(m, p) is catch_all]
@@ -128,7 +99,7 @@ def test_every_route_is_named_in_the_policy(real_app):
 
 async def test_the_roles_of_the_issue(real_app):
     """integration submits orders, radiologists read suggestions, admins read the metrics."""
-    policy = real_app.state.radproto_policy
+    policy = real_app.state.security.policy
     assert policy.rule_for("POST", "/fhir/ServiceRequest").roles == {"integration"}
     assert "radiologist" in policy.rule_for("GET", "/fhir/Task/1").roles
     assert "radiologist" in policy.rule_for("POST", "/feedback").roles

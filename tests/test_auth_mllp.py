@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from radproto.adapter.auth import MllpGuard, mllp_peer_allowed, server_ssl_context
-from radproto.adapter.security_settings import SecuritySettings
+from radproto.adapter.security import MllpGuard, mllp_peer_allowed, server_ssl_context
+from radproto.adapter.security.settings import SecuritySettings
 from radproto.model.errors import ConfigError
 
 

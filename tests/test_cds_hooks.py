@@ -127,7 +127,7 @@ async def test_concurrent_hook_calls_share_one_model_pass(tmp_path):
             svc.http.post("/cds-services/radproto-order-select", json=c) for c in calls))
         assert [len(a.json()["cards"]) for a in answers] == [1, 1]
         assert batches == [2]  # both drafts in one forward pass
-        svc.context.extra["fhir_service"].stop()
+        svc.context.fhir.stop()
     finally:
         await svc.close()
 

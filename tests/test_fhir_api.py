@@ -36,22 +36,22 @@ class Service:
         self.context = ServiceContext(settings=ServiceSettings(store=url), store=self.store,
                                       catalog=self.classifier.catalog,
                                       classifier=self.classifier, model_status="ready")
-        self.context.extra["fhir_settings"] = fhir or FhirSettings(sync_wait_s=5)
+        self.context.fhir_settings = fhir or FhirSettings(sync_wait_s=5)
         if ehr is not None:
-            self.context.extra["fhir_client"] = ehr
+            self.context.fhir_client = ehr
         self.pipeline = Pipeline(self.store, self.classifier,
                                  outbox_builders=fhir_writeback_builders(self.context))
         self.context.worker = Worker(self.store, self.pipeline, poll_s=0.05).start()
-        self.app = create_app(self.context, extensions=["radproto.adapter.fhir_routes"])
+        self.app = create_app(self.context, parts=("fhir",))
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
                                       base_url="http://radproto.test")
 
     async def close(self) -> None:
         await self.http.aclose()
-        relay = self.context.extra.get("fhir_relay")
+        relay = self.context.fhir_relay
         if relay is not None:
             relay.stop()
-            await self.context.extra["fhir_relay_task"]
+            await self.context.fhir_relay_task
         self.context.worker.stop()
         self.store.close()
 
@@ -284,7 +284,7 @@ async def test_behind_the_security_middleware_roles_apply(tmp_path):
     try:
         svc.context.settings.security = svc.context.settings.security.model_copy(
             update={"api_keys_file": key_file})
-        app = create_app(svc.context)  # the default extension modules, auth included
+        app = create_app(svc.context)  # every part, security included
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://radproto.test") as http:
             assert (await http.post("/fhir/ServiceRequest", json=head_ct())).status_code == 401

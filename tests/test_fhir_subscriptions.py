@@ -201,7 +201,7 @@ async def test_a_gap_in_event_numbers_triggers_a_requery(service, ehr):
     await notify(service, notification(
         "event-notification", 3, events=[(3, f"ServiceRequest/{third['id']}", now())],
         references=[f"ServiceRequest/{third['id']}"]))
-    assert service.app.state.radproto_subscriptions.requeries == 1
+    assert service.context.subscriptions.requeries == 1
     for sr in (first, lost, third):
         await stored_order(service, sr["id"])
     # The re-query met the orders already stored again; none was classified twice.
@@ -218,21 +218,21 @@ async def test_the_event_count_survives_a_restart(service, ehr):
         await notify(service, notification(
             "event-notification", number, events=[(number, f"ServiceRequest/{sr['id']}",
                                                     now())], resources=[sr]))
-    service.app.state.radproto_subscriptions = None  # a new process: nothing in memory
+    service.context.subscriptions = None  # a new process: nothing in memory
     sr = await create_order(ehr)
     await notify(service, notification(
         "event-notification", 3, events=[(3, f"ServiceRequest/{sr['id']}", now())],
         resources=[sr]))
-    assert service.app.state.radproto_subscriptions.requeries == 0  # no gap seen
+    assert service.context.subscriptions.requeries == 0  # no gap seen
     last_seen = service.store.subscription_state(SUBSCRIPTION)
     assert last_seen[0] == 3 and last_seen[1]
 
-    service.app.state.radproto_subscriptions = None
+    service.context.subscriptions = None
     sr = await create_order(ehr)
     await notify(service, notification(  # events 4 and 5 were lost meanwhile
         "event-notification", 6, events=[(6, f"ServiceRequest/{sr['id']}", now())],
         resources=[sr]))
-    assert service.app.state.radproto_subscriptions.requeries == 1
+    assert service.context.subscriptions.requeries == 1
 
 
 async def test_empty_payload_and_heartbeat_gap_search_the_server(service, ehr):
@@ -244,7 +244,7 @@ async def test_empty_payload_and_heartbeat_gap_search_the_server(service, ehr):
     await notify(service, notification("event-notification", 1, events=[(1, None, since)]))
     await stored_order(service, sr["id"])
     other = await create_order(ehr)
-    handler = service.app.state.radproto_subscriptions
+    handler = service.context.subscriptions
     before = handler.requeries
     await notify(service, notification("heartbeat", 1))  # nothing missed
     assert handler.requeries == before

@@ -13,8 +13,9 @@ import pytest
 from conftest import hl7_fixture_files, load_hl7_fixture, orm_message
 from hl7.mllp import open_hl7_connection
 
-from radproto.adapter.hl7_listener import MessageHandler, MllpListener, server_ssl_context
+from radproto.adapter.hl7_listener import MessageHandler, MllpListener
 from radproto.adapter.mllp import frame
+from radproto.adapter.security import server_ssl_context
 from radproto.adapter.store import open_store
 
 

@@ -9,13 +9,13 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from radproto.adapter import observability as obs
-from radproto.adapter.auth import (
+from radproto.adapter.security import (
     add_readiness_check,
     begin_shutdown,
     hash_api_key,
     install_security,
 )
-from radproto.adapter.security_settings import SecuritySettings
+from radproto.adapter.security.settings import SecuritySettings
 
 KEYS = {"integration": "k-int", "radiologist": "k-rad", "admin": "k-adm"}
 
@@ -124,7 +124,7 @@ async def test_health_and_readiness(tmp_path, sqlite_url):
     assert not_ready.status_code == 503
     assert not_ready.json()["checks"]["writeback"] == "failing"
     assert not_ready.json()["checks"]["broken"] == "failing"
-    del app.state.radproto_readiness["broken"]
+    del app.state.security.readiness["broken"]
     destination_up.set()
     assert (await _get(app, "/readyz")).status_code == 200
 

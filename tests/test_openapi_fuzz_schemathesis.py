@@ -7,7 +7,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from radproto.adapter.auth import hash_api_key
+from radproto.adapter.security import hash_api_key
 
 ALL_ROLES_KEY = "fuzz-key-with-every-role"
 
@@ -33,7 +33,7 @@ def api_schema(tmp_path_factory):
     context = ServiceContext(settings=settings, store=store, catalog=default_catalog(),
                              classifier=KeywordClassifier(), model_status="ready")
     # No worker runs here: POST answers 202 at once instead of waiting for the Task.
-    context.extra["fhir_settings"] = FhirSettings(sync_wait_s=0)
+    context.fhir_settings = FhirSettings(sync_wait_s=0)
     app = create_app(context)
     yield schemathesis.openapi.from_asgi("/openapi.json", app,
                                          headers={"X-API-Key": ALL_ROLES_KEY})

@@ -13,7 +13,6 @@ import sys
 import httpx
 import pytest
 
-from radproto.adapter.auth import hash_api_key
 from radproto.adapter.observability import (
     QUIET_LOGGERS,
     JsonFormatter,
@@ -24,6 +23,7 @@ from radproto.adapter.observability import (
     scrub_text,
     set_hash_key,
 )
+from radproto.adapter.security import hash_api_key
 
 NAME, FAMILY, GIVEN = "Zyxwvut Qwertyson", "Qwertyson", "Zyxwvut"
 MRN, BIRTH, BIRTH_HL7, NOTE = "MRN-PHI-98765", "1931-02-03", "19310203", "PHI-NOTE-MARKER"

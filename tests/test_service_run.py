@@ -107,7 +107,7 @@ def test_healthz_and_router_plug_in(tmp_path):
     def ping() -> dict:
         return {"pong": True}
 
-    with TestClient(create_app(ctx, routers=[extra], extensions=())) as client:
+    with TestClient(create_app(ctx, routers=[extra], parts=())) as client:
         body = client.get("/healthz").json()
         assert body["store"] == "ok" and body["model"] == "loading"
         assert client.get("/ping-extra").json() == {"pong": True}

@@ -18,8 +18,8 @@ from conftest import KeywordClassifier, orm_message
 from peers.harness import medplum_server
 from test_mllp_writeback import Peer
 
-from radproto.adapter.auth import hash_api_key
 from radproto.adapter.mllp_client import MllpClient
+from radproto.adapter.security import hash_api_key
 from radproto.adapter.service import Service
 from radproto.adapter.settings import load_settings
 from radproto.cli import main
@@ -332,7 +332,7 @@ def test_keys_create_list_revoke(tmp_path, capsys, monkeypatch):
     new_key = capsys.readouterr().out.strip()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert new_key not in path.read_text()
-    from radproto.adapter.auth import load_api_keys
+    from radproto.adapter.security import load_api_keys
 
     principal = load_api_keys(path).authenticate(new_key)
     assert principal is not None and principal.roles == {"radiologist"}

@@ -25,7 +25,7 @@ from test_worklist_api import (  # noqa: F401 (fixtures)
     wait_for,
 )
 
-from radproto.adapter.auth import hash_api_key
+from radproto.adapter.security import hash_api_key
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "worklist.png"

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 
-from radproto.adapter.auth import Principal
+from radproto.adapter.security.principal import Principal
 
 COOKIE_NAME = "radproto_session"
 COOKIE_PATH = "/worklist"

@@ -13,11 +13,9 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from radproto.adapter.security.keys import load_api_keys
 from radproto.model.errors import ConfigError
 
-#: The roles of the issue: integration systems submit orders, radiologists read and decide,
-#: admins configure and read the audit trail.
-ROLES: tuple[str, ...] = ("integration", "radiologist", "admin")
 Role = Literal["integration", "radiologist", "admin"]
 
 #: Only asymmetric algorithms: a JWKS publishes public keys, and accepting HS* would let anyone
@@ -92,8 +90,8 @@ class SecuritySettings(BaseModel):
     #: Development only: no authentication at all. Refused unless set explicitly.
     allow_anonymous: bool = False
 
-    #: The worklist's sign-in sessions (adapter/sessions.py): the key that signs the session
-    #: cookie (HMAC-SHA256). Empty: a random key per process (a restart signs everyone out;
+    #: The worklist's sign-in sessions (adapter/security/sessions.py): the key that signs the
+    #: session cookie (HMAC-SHA256). Empty: a random key per process (a restart signs everyone out;
     #: replicas behind one address need a shared key).
     session_secret: str = Field(default="", repr=False)
     session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
@@ -149,8 +147,6 @@ def validate_security(settings: SecuritySettings) -> None:
     if len(set(issuers)) != len(issuers):
         raise ConfigError("an issuer is listed twice", field="security.jwt_issuers")
     if settings.api_keys_file is not None:
-        from radproto.adapter.auth import load_api_keys
-
         load_api_keys(settings.api_keys_file)  # raises ConfigError naming file and line
     tls = (settings.mllp_tls_cert, settings.mllp_tls_key)
     if (tls[0] is None) != (tls[1] is None):
