@@ -1,12 +1,11 @@
 """`radproto serve`: the MLLP listener, the HTTP API, the worker and the outbox relay in one
 process, on embedded defaults (MLLP 127.0.0.1:2575, HTTP 127.0.0.1:8080, SQLite store under
-./radproto-data, the default model trained on first run and reused after).
+./radproto-data, the model shipped with radproto until a site registers its own champion).
 
-Start order: store -> MLLP + HTTP (they acknowledge and queue at once) -> model (may train:
-minutes, in a child process, adapter/default_model.py) -> worker -> outbox relay. Shutdown
-(SIGTERM / SIGINT, at any moment): stop accepting, let in-flight messages get their ACK, finish
-the worker's batch, pause a first-run training at a checkpoint, stop the relay, close the
-store; the exit status is 0.
+Start order: store -> MLLP + HTTP (they acknowledge and queue at once) -> model (seconds:
+adapter/default_model.py says which) -> worker -> outbox relay. Shutdown (SIGTERM / SIGINT,
+at any moment): stop accepting, let in-flight messages get their ACK, finish the worker's
+batch, stop the relay, close the store; the exit status is 0.
 
 While running, a models:/NAME@ALIAS model follows its alias: every `model_poll_s` seconds (and
 at once on SIGHUP) the registry is asked which version the alias names; a new one is loaded
@@ -107,25 +106,16 @@ def _check_security(settings: ServiceSettings) -> None:
 
 
 def load_default_classifier(settings: ServiceSettings, catalog: Any, *,
-                            stop: threading.Event | None = None, uri: str | None = None,
-                            training: threading.Event | None = None,
-                            ) -> tuple[Classifier, str]:
-    """The configured model (or `uri`), or the default one: models:/radproto@champion,
-    trained first in a child process if the registry has none (`stop` set pauses that
-    training at a checkpoint: TrainingPaused)."""
+                            uri: str | None = None) -> tuple[Classifier, str]:
+    """The configured model (or `uri`), or the default one: models:/radproto@champion if
+    the registry holds it, else the model shipped with radproto (adapter/default_model.py)."""
     from radproto.model.classifier import load_classifier
 
     uri = uri or settings.model
     if not uri:
         from radproto.adapter.default_model import default_model_uri
 
-        print("radproto: preparing the default model (trained on first run; this can take "
-              "a while, progress follows)", file=sys.stderr, flush=True)
-        uri = default_model_uri(
-            tracking_uri=settings.tracking_uri, catalog=settings.catalog,
-            catalog_mode=settings.catalog_mode, work_dir=settings.data_dir / "default-model",
-            preset=settings.default_model_preset, stop=stop or threading.Event(),
-            log_format=settings.security.log_format, running=training)
+        uri = default_model_uri(settings.tracking_uri)
     classifier = load_classifier(uri, catalog=catalog, tracking_uri=settings.tracking_uri)
     classifier.cuda_batch_tokens = settings.scoring_batch_tokens
     # Readiness waits for this: graph capture and compilation are not the first order's.
@@ -175,7 +165,6 @@ class Service:
         self._model_thread: threading.Thread | None = None
         self._model_stop = threading.Event()  # set on stop: first-run training pauses
         self._model_check = threading.Event()  # set by SIGHUP: ask the registry now
-        self._training = threading.Event()  # set while a first-run training child runs
         self._poll_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.http_port: int | None = None
@@ -239,18 +228,9 @@ class Service:
                           ssl_context=context)
 
     def _load_model(self, ctx: ServiceContext, loop: asyncio.AbstractEventLoop) -> None:
-        from radproto.adapter.default_model import TrainingPaused
-
         started = time.perf_counter()
         try:
-            classifier, uri = load_default_classifier(self.settings, ctx.catalog,
-                                                      stop=self._model_stop,
-                                                      training=self._training)
-        except TrainingPaused:
-            ctx.model_status = "paused"
-            log_event(log, "model_training_paused",
-                      hint="checkpointed; the next start resumes the training")
-            return
+            classifier, uri = load_default_classifier(self.settings, ctx.catalog)
         except Exception as exc:
             ctx.model_status, ctx.model_error = "failed", f"{type(exc).__name__}: {exc}"[:500]
             log_event(log, "model_failed", logging.ERROR, error=ctx.model_error)
@@ -316,7 +296,11 @@ class Service:
             if ctx is None or ctx.classifier is None:
                 continue
             current = str(getattr(ctx.classifier, "model_version", ""))
+            from radproto.training.tracking import registry_has
+
             try:
+                if not registry_has(f"models:/{name}@{alias}", tracking_uri=s.tracking_uri):
+                    continue  # e.g. no champion registered yet: the shipped model serves
                 version = registry_version(name, alias, s.tracking_uri)
             except Exception as exc:
                 log_event(log, "model_poll_failed", logging.WARNING,
@@ -356,6 +340,11 @@ class Service:
         ctx.catalog = classifier.catalog
         ctx.model_status = "ready"
         followed = alias_of(uri)
+        if followed is None and not s.model and s.tracking_uri:
+            # the shipped model until a site registers its champion: follow that alias
+            from radproto.adapter.default_model import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
+
+            followed = (DEFAULT_MODEL_NAME, DEFAULT_ALIAS)
         if followed is not None:
             self._poll_thread = threading.Thread(target=self._poll_model, args=followed,
                                                  daemon=True, name="radproto-model-poll")
@@ -424,13 +413,9 @@ class Service:
         if self._loop is not None and threading.current_thread() is threading.main_thread():
             self._loop.remove_signal_handler(signal.SIGHUP)
         if self._model_thread is not None and self._model_thread.is_alive():
-            # A first-run training (a child process) stops after its current step and
-            # checkpoints: wait for it. A load in this process cannot be interrupted: wait
-            # the grace period (serve_from_cli then exits without waiting further).
-            from radproto.adapter.default_model import STOP_WAIT_S
-
-            wait = STOP_WAIT_S + 5 if self._training.is_set() else self.settings.shutdown_grace_s
-            await asyncio.to_thread(self._model_thread.join, wait)
+            # A load in this process cannot be interrupted: wait the grace period
+            # (serve_from_cli then exits without waiting further).
+            await asyncio.to_thread(self._model_thread.join, self.settings.shutdown_grace_s)
         if self._poll_thread is not None and self._poll_thread.is_alive():
             await asyncio.to_thread(self._poll_thread.join, self.settings.shutdown_grace_s)
         if ctx.worker is not None:

@@ -47,9 +47,6 @@ class ServiceSettings(BaseSettings):
     #: Check the registry alias of a models:/NAME@ALIAS model every this many seconds and
     #: switch to a new version without a restart (0: never; SIGHUP checks at once).
     model_poll_s: float = Field(default=60.0, ge=0)
-    #: The training preset of the first-run default model (empty `model`, empty registry):
-    #: default-cpu; tiny-test trains a few steps in seconds (smoke tests).
-    default_model_preset: str = "default-cpu"
 
     # MLLP listener
     mllp_max_message_bytes: int = Field(default=1_048_576, ge=1024)
@@ -59,16 +56,12 @@ class ServiceSettings(BaseSettings):
 
     # Worker (classification)
     worker_batch_size: int = Field(default=8, ge=1, le=256)
-    #: 0: the exact distribution over the catalog; > 0 (e.g. 1e-4): every probability within
-    #: that of the exact one and the top 3 exact, with fewer prefix-tree nodes run.
-    scoring_tolerance: float = Field(default=0.0, ge=0, lt=1)
     #: CUDA only: torch.compile RMSNorm, SwiGLU and RoPE at start-up (~12 s more before
     #: ready on a 7B; then 24 instead of 28 ms per single order, +20-45% batched).
     compile_kernels: bool = False
-    #: CUDA only: tokens per batched scoring pass (each order's prompt plus the catalog's
-    #: prefix tree, ~350 tokens). A 7B NF4 model: 4096 -> 4.99 GB peak, 45 orders/s;
-    #: 8192 -> 5.39 GB, 65 orders/s (docs/benchmarks.md, gpu-command).
-    scoring_batch_tokens: int = Field(default=4096, ge=512)
+    #: CUDA only: prompt tokens per batched scoring pass (padding included); see
+    #: docs/benchmarks.md (gpu-command) for throughput and memory by setting.
+    scoring_batch_tokens: int = Field(default=32768, ge=512)
     worker_lease_s: float = Field(default=120.0, gt=0)
     worker_poll_s: float = Field(default=1.0, gt=0)
 

@@ -1,13 +1,15 @@
-"""The protocol classifier: a causal LM that scores every catalog protocol for an order.
+"""The protocol classifier: a causal LM with a protocol head scores every catalog protocol.
 
-The public entry point of the model. Loading lives in loading.py, the shared tokenization in
-encoding.py, the one-pass catalog scoring in scoring.py and temperature scaling in
-calibration.py; this module ties them together and saves/loads model directories.
+The public entry point of the model. Loading lives in loading.py, the tokenization in
+encoding.py, the head in head.py, the one-pass scoring in scoring.py (CPU) and
+cuda_scoring.py (GPU), temperature scaling in calibration.py; this module ties them together
+and saves/loads model directories.
 
 A model directory holds `radproto_model.json` (base model reference, ModelConfig, the
-catalog it was trained on, prompt version, temperature, abstain threshold, training
-metadata), the tokenizer, and either a LoRA adapter (kind "adapter"), a full merged model
-(kind "merged") or nothing (kind "base": the base model as is).
+catalog whose protocols the head has rows for, prompt version, temperature, abstain
+threshold, training metadata), the tokenizer, the head (`protocol_head.safetensors`) and
+either a LoRA adapter (kind "adapter"), a full merged model (kind "merged") or nothing
+(kind "base": the base model as is).
 """
 
 from __future__ import annotations
@@ -23,19 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from radproto.model.bounded_scoring import BoundedScorer
 from radproto.model.calibration import abstain_reason, catalog_probabilities, fit_temperature
 from radproto.model.catalog import Catalog, default_catalog
-from radproto.model.encoding import (
-    IGNORE_INDEX,
-    TARGET_RESERVE,
-    encode_example,
-    prompt_token_ids,
-    target_token_ids,
-)
+from radproto.model.cuda_scoring import BatchedScorer, GraphedScorer
+from radproto.model.encoding import prompt_token_ids
 from radproto.model.errors import ModelError
-from radproto.model.fast_scoring import FastScorer, GraphedScorer
-from radproto.model.fast_train import cast_frozen_floats, compile_elementwise, lean_lora
+from radproto.model.head import HEAD_FILE, head_for_catalog, load_head, new_head, save_head
+from radproto.model.kernels import cast_frozen_floats, compile_elementwise, lean_lora
 from radproto.model.loading import (
     DEFAULT_LORA_TARGETS,
     EMBEDDED_BASE_MODEL,
@@ -50,35 +46,34 @@ from radproto.model.loading import (
 )
 from radproto.model.order import Order
 from radproto.model.prompt import PROMPT_VERSION
-from radproto.model.scoring import ProtocolTrie, trie_log_probs
+from radproto.model.scoring import head_log_probs, mask_capable_attention
 from radproto.model.suggestion import ProtocolScore, Suggestion
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
     "EMBEDDED_BASE_MODEL",
-    "IGNORE_INDEX",
     "MODEL_FILE",
-    "TARGET_RESERVE",
     "ModelConfig",
     "ProtocolClassifier",
     "add_lora",
     "catalog_probabilities",
     "embedded_model_dir",
-    "encode_example",
     "ensure_pad_token",
     "fit_temperature",
     "load_base_model",
     "load_classifier",
     "prompt_token_ids",
-    "target_token_ids",
 ]
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "radproto_model.json"
-FORMAT_VERSION = 1
-DEFAULT_ABSTAIN_THRESHOLD = 0.5
-_CUDA_BATCH_TOKENS = 4096
+SHIPPED_MODEL = "default"  # the model URI of the shipped default model
+SHIPPED_MODEL_DIR = "default_model"  # beside this module (package data)
+FORMAT_VERSION = 2  # 2: the protocol head (protocol_head.safetensors)
+DEFAULT_ABSTAIN_THRESHOLD = 0.5  # a model saved without a threshold derived from validation
+#: CUDA: prompt tokens per batched pass (padding included).
+_CUDA_BATCH_TOKENS = 32768
 
 
 class ProtocolClassifier:
@@ -90,13 +85,13 @@ class ProtocolClassifier:
         tokenizer: Any,
         catalog: Catalog,
         *,
+        head: Any | None = None,
         config: ModelConfig | None = None,
         temperature: float = 1.0,
         abstain_threshold: float = DEFAULT_ABSTAIN_THRESHOLD,
         model_version: str = "",
         metadata: Mapping[str, Any] | None = None,
-        trained_catalog: Catalog | None = None,
-        scoring_tolerance: float = 0.0,
+        untrained: Sequence[str] = (),
         cuda_graphs: bool = True,
     ) -> None:
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -108,30 +103,18 @@ class ProtocolClassifier:
         self.config = config or ModelConfig()
         self.temperature = float(temperature)
         self.abstain_threshold = float(abstain_threshold)
-        self.scoring_tolerance = scoring_tolerance
         self.model_version = model_version or "m-unsaved"
         self.metadata: dict[str, Any] = dict(metadata or {})
-        self.trained_catalog = trained_catalog or catalog
-        self._tries: dict[str, ProtocolTrie] = {}
+        # Rows started from a protocol's name and never trained (a site's new protocols).
+        self.untrained_protocols: tuple[str, ...] = tuple(untrained)
+        self.dropped_protocols: tuple[str, ...] = ()
+        self.head = head if head is not None else new_head(model, tokenizer, catalog.names)
         # CUDA only: one order at a time through captured graphs (latency); the scorers are
-        # kept per catalog version so their device plans and graphs are built once.
+        # rebuilt when the catalog (and so the head) changes.
         self.cuda_graphs = cuda_graphs
-        # CUDA: tokens per batched pass (prompts plus each order's prefix tree). Measured on a
-        # 7B NF4 model: 4096 -> 4.99 GB peak, 45 orders/s; 8192 -> 5.39 GB, 65 orders/s
         self.cuda_batch_tokens = _CUDA_BATCH_TOKENS
-        self._cuda_scorers: dict[tuple[str, str], Any] = {}
+        self._cuda_scorers: dict[str, Any] = {}
         self.catalog = catalog
-
-    @property
-    def scoring_tolerance(self) -> float:
-        """0: the exact distribution; > 0: bounded_scoring's certified tolerance."""
-        return self._scoring_tolerance
-
-    @scoring_tolerance.setter
-    def scoring_tolerance(self, value: float) -> None:
-        if not 0 <= value < 1:
-            raise ModelError(f"the scoring tolerance must be in [0, 1), not {value}")
-        self._scoring_tolerance = float(value)
 
     # -- catalog ---------------------------------------------------------------------------
     @property
@@ -140,75 +123,55 @@ class ProtocolClassifier:
 
     @catalog.setter
     def catalog(self, catalog: Catalog) -> None:
-        # A protocol added after training is scored too: its name is simply tokenized.
         if len(catalog) == 0:
             raise ModelError("the catalog holds no protocols")
+        head, added, dropped = head_for_catalog(self.head, catalog.names, self.model,
+                                                self.tokenizer)
+        if added:
+            log.warning("the catalog has %d protocols the model was not trained on; their "
+                        "head rows start from their names and want fine-tuning on the "
+                        "site's history: %s", len(added), ", ".join(added))
+        if dropped:
+            log.info("the catalog drops %d protocols the model has rows for: %s",
+                     len(dropped), ", ".join(dropped))
+        kept_untrained = [n for n in self.untrained_protocols if n in catalog.names]
+        self.untrained_protocols = tuple(dict.fromkeys([*kept_untrained, *added]))
+        self.dropped_protocols = tuple(dict.fromkeys([*self.dropped_protocols, *dropped]))
+        self.head = head
+        self._cuda_scorers.clear()
         self._catalog = catalog
 
-    def _trie(self) -> ProtocolTrie:
-        trie = self._tries.get(self._catalog.version)
-        if trie is None:
-            sequences = [target_token_ids(self.tokenizer, n) for n in self._catalog.names]
-            trie = self._tries[self._catalog.version] = ProtocolTrie.build(sequences)
-        return trie
-
     # -- scoring ---------------------------------------------------------------------------
-    def catalog_log_probs(self, fields_list: Sequence[Mapping[str, Any]], *,
-                          batch_size: int = 16) -> np.ndarray:
-        """[n, n_protocols] log p(" " + name + EOS | prompt), unnormalized, catalog order.
-
-        Exact unless `scoring_tolerance` > 0 (then within that tolerance once calibrated
-        with this classifier's temperature; see bounded_scoring.py). On CUDA the exact
-        distribution comes from fast_scoring's batched path.
-        """
-        import torch
-
-        if batch_size < 1:
-            raise ModelError("batch_size must be at least 1")
-        trie = self._trie()
+    def catalog_log_probs(self, fields_list: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """[n, n_protocols] log-probabilities over the catalog (before the temperature), in
+        catalog order: one forward pass per batch of prompts, the head on the last token."""
         prompts = [prompt_token_ids(self.tokenizer, f, self.config.max_length)
                    for f in fields_list]
-        if self.scoring_tolerance > 0:
-            scorer = BoundedScorer(self.model, trie, self.tokenizer.pad_token_id,
-                                   tolerance=self.scoring_tolerance, max_batch=batch_size)
-            with _eval_mode(self.model):
-                return scorer.log_probs(prompts, temperature=self.temperature)
-        if _on_cuda(self.model):
-            with _eval_mode(self.model):
-                return self._cuda_log_probs(trie, prompts)
-        out = np.empty((len(prompts), len(self._catalog)), dtype=np.float64)
-        # Similar lengths share a batch: less padding to compute.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        with _eval_mode(self.model), torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                out[chunk] = trie_log_probs(
-                    self.model, [prompts[i] for i in chunk], trie,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )
-        return out
+        with _eval_mode(self.model), mask_capable_attention(self.model):
+            if _on_cuda(self.model):
+                return self._cuda_log_probs(prompts)
+            return head_log_probs(self.model, self.head, prompts,
+                                  pad_token_id=self.tokenizer.pad_token_id)
 
-    def _cuda_log_probs(self, trie: ProtocolTrie, prompts: list[list[int]]) -> np.ndarray:
-        """fast_scoring on the GPU: a captured graph for a lone order, batches otherwise."""
+    def _cuda_log_probs(self, prompts: list[list[int]]) -> np.ndarray:
+        """A captured graph for a lone order, token-budget batches otherwise."""
         if self.cuda_graphs and len(prompts) == 1:
-            graphed = self._graphed_scorer(trie)
+            graphed = self._graphed_scorer()
             if len(prompts[0]) <= graphed.max_prompt:
                 return graphed.log_probs_one(prompts[0])[None]
-        version = self._catalog.version
-        batched = self._cuda_scorers.get((version, "batched"))
+        batched = self._cuda_scorers.get("batched")
         if batched is None:
-            batched = self._cuda_scorers[version, "batched"] = FastScorer(
-                self.model, trie, self.tokenizer.pad_token_id)
+            batched = self._cuda_scorers["batched"] = BatchedScorer(
+                self.model, self.head, self.tokenizer.pad_token_id)
         batched.max_batch_tokens = self.cuda_batch_tokens
         return batched.log_probs(prompts)
 
-    def _graphed_scorer(self, trie: ProtocolTrie) -> GraphedScorer:
-        key = (self._catalog.version, "graphed")
-        if key not in self._cuda_scorers:
-            self._cuda_scorers[key] = GraphedScorer(self.model, trie,
-                                                    self.tokenizer.pad_token_id,
-                                                    max_prompt=self.config.max_length)
-        return self._cuda_scorers[key]
+    def _graphed_scorer(self) -> GraphedScorer:
+        if "graphed" not in self._cuda_scorers:
+            self._cuda_scorers["graphed"] = GraphedScorer(
+                self.model, self.head, self.tokenizer.pad_token_id,
+                max_prompt=self.config.max_length)
+        return self._cuda_scorers["graphed"]
 
     def prepare_for_serving(self, *, compile_kernels: bool = False) -> float:
         """On CUDA, pay the first order's costs now: optionally compile the elementwise
@@ -221,27 +184,25 @@ class ProtocolClassifier:
         start = time.perf_counter()
         if compile_kernels:
             compile_elementwise(self.model)
-        trie = self._trie()
         filler = self.tokenizer.eos_token_id
-        with _eval_mode(self.model):
+        with _eval_mode(self.model), mask_capable_attention(self.model):
             if self.cuda_graphs:
-                graphed = self._graphed_scorer(trie)
+                graphed = self._graphed_scorer()
                 for width in graphed.widths():
                     graphed.log_probs_one([filler] * width)
-            self._cuda_log_probs(trie, [[filler] * 64] * 8)
+            self._cuda_log_probs([[filler] * 64] * 8)
         return time.perf_counter() - start
 
     def probabilities(self, log_probs: np.ndarray) -> np.ndarray:
         """Calibrated probabilities over the catalog for catalog_log_probs' output."""
         return catalog_probabilities(log_probs, self.temperature)
 
-    def score_orders(self, orders: Sequence[Order | Mapping[str, Any]], *,
-                     batch_size: int = 16) -> list[Suggestion]:
+    def score_orders(self, orders: Sequence[Order | Mapping[str, Any]]) -> list[Suggestion]:
         """A suggestion per order: every protocol's probability, the choice, abstention."""
         fields_list = [_fields(o) for o in orders]
         if not fields_list:
             return []
-        probs = self.probabilities(self.catalog_log_probs(fields_list, batch_size=batch_size))
+        probs = self.probabilities(self.catalog_log_probs(fields_list))
         names = self._catalog.names
         suggestions = []
         for order, row in zip(orders, probs, strict=True):
@@ -283,6 +244,7 @@ class ProtocolClassifier:
         else:
             kind = "base"  # the base model as is: nothing but the reference to write
         self.tokenizer.save_pretrained(directory)
+        save_head(self.head, directory)
         if metadata:
             self.metadata.update(metadata)
         self.metadata["kind"] = kind
@@ -291,8 +253,10 @@ class ProtocolClassifier:
             "kind": kind,
             "base_model": self.config.base_model,
             "model_config": self.config.to_dict(),
-            "catalog": json.loads(self.trained_catalog.to_json()),
-            "catalog_version": self.trained_catalog.version,
+            # the head's rows, keyed by name: one per protocol of this catalog
+            "catalog": json.loads(self._catalog.to_json()),
+            "catalog_version": self._catalog.version,
+            "untrained_protocols": list(self.untrained_protocols),
             "prompt_version": PROMPT_VERSION,
             "temperature": self.temperature,
             "abstain_threshold": self.abstain_threshold,
@@ -315,9 +279,12 @@ class ProtocolClassifier:
             record = json.loads((path / MODEL_FILE).read_text("utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelError(f"{path / MODEL_FILE}: cannot read: {exc}") from exc
-        if record.get("prompt_version") != PROMPT_VERSION:
-            raise ModelError(f"{path}: trained with prompt {record.get('prompt_version')}, "
-                             f"this build renders prompt {PROMPT_VERSION}")
+        if record.get("format_version") != FORMAT_VERSION or \
+                record.get("prompt_version") != PROMPT_VERSION:
+            raise ModelError(f"{path}: a model of format {record.get('format_version')} "
+                             f"(prompt {record.get('prompt_version')}); this build reads "
+                             f"format {FORMAT_VERSION} (prompt {PROMPT_VERSION}, scored by "
+                             "the protocol head): train it again")
         config = ModelConfig.from_dict(record.get("model_config") or {})
         kind = record.get("kind", "adapter")
         device = resolve_device(device)
@@ -343,17 +310,26 @@ class ProtocolClassifier:
         tokenizer = load_tokenizer(path)
         ensure_pad_token(tokenizer)
         trained = Catalog.from_json(json.dumps(record["catalog"]), source=str(path))
+        head = load_head(path, trained.names, device=device)
         metadata = dict(record.get("metadata") or {})
         metadata["kind"] = kind
-        return cls(
-            model, tokenizer, catalog or trained,
+        classifier = cls(
+            model, tokenizer, trained, head=head,
             config=config,
             temperature=float(record.get("temperature", 1.0)),
             abstain_threshold=float(record.get("abstain_threshold", DEFAULT_ABSTAIN_THRESHOLD)),
             model_version=_model_version(path, record),
             metadata=metadata,
-            trained_catalog=trained,
+            untrained=record.get("untrained_protocols") or (),
         )
+        if catalog is not None:
+            classifier.catalog = catalog  # re-keys the head: new rows from names, drops
+        return classifier
+
+
+def shipped_model_dir() -> Path:
+    """The default model shipped with radproto (`radproto train --preset default`)."""
+    return Path(__file__).resolve().parent / SHIPPED_MODEL_DIR
 
 
 def load_classifier(uri_or_dir: str | Path | None = "embedded", *,
@@ -361,8 +337,14 @@ def load_classifier(uri_or_dir: str | Path | None = "embedded", *,
                     cache_dir: str | Path | None = None,
                     tracking_uri: str | None = None) -> ProtocolClassifier:
     """A classifier from a directory, "models:/NAME@ALIAS", "models:/NAME/VERSION",
-    "runs:/RUN_ID/model", or "embedded" (the base model, no adapter, temperature 1)."""
+    "runs:/RUN_ID/model", "default" (the model shipped with radproto) or "embedded" (the
+    base model, its head started from the protocol names, temperature 1)."""
     uri = str(uri_or_dir or "embedded").strip()
+    if uri == SHIPPED_MODEL:
+        if not (shipped_model_dir() / MODEL_FILE).is_file():
+            raise ModelError(f"the shipped default model is missing ({shipped_model_dir()})")
+        return ProtocolClassifier.load(shipped_model_dir(), catalog=catalog, device=device,
+                                       cache_dir=cache_dir)
     if uri in ("embedded", EMBEDDED_BASE_MODEL):
         config = ModelConfig()
         model, tokenizer = load_base_model(config, device, cache_dir=cache_dir)
@@ -447,7 +429,7 @@ def _model_version(directory: Path, record: Mapping[str, Any]) -> str:
 def _weight_files(directory: Path) -> list[Path]:
     """The adapter or (possibly sharded) model weight files of a model directory."""
     patterns = ("adapter_model.safetensors", "adapter_model.bin", "model*.safetensors",
-                "pytorch_model*.bin")
+                "pytorch_model*.bin", HEAD_FILE)
     found = {p for pattern in patterns for p in directory.glob(pattern) if p.is_file()}
     return sorted(found)
 

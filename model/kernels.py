@@ -1,31 +1,22 @@
-"""The fast QLoRA training path: packed rows, label-only loss, lean LoRA, bf16 throughout.
+"""Faster kernels for a Llama-family model with LoRA, used by training and serving alike.
 
-What it changes against the plain Hugging Face path (Trainer + peft + padded batches):
-
-- packed rows (training/packing.py): no pad tokens; attention bounded per example by
-  `cu_seqlens` through a registered attention function (flash-attention varlen on CUDA,
-  one causal SDPA call per example elsewhere);
-- the vocabulary projection runs on the label positions only (a few per order instead of
-  every prompt token), with the cross-entropy in float32 on those rows;
-- LoRA matmuls in the compute dtype (peft upcasts activations to the adapter's float32),
-  norms, embeddings and head kept in bf16 instead of the float32 that
-  prepare_model_for_kbit_training casts them to;
-- optional torch.compile'd RMSNorm, RoPE and SwiGLU (one fused kernel each).
+- `varlen_attention_forward`: attention over a packed row (many examples, no padding),
+  bounded per example by `cu_seqlens` (flash-attention varlen on CUDA, one causal SDPA call
+  per example elsewhere); registered as the attention implementation "radproto_varlen";
+- `lean_lora`: LoRA matmuls in the compute dtype, the add fused into the GEMM (peft upcasts
+  activations to the adapter's float32 and adds separately);
+- `cast_frozen_floats`: norms, embeddings and head kept in bf16 instead of the float32
+  that prepare_model_for_kbit_training casts them to;
+- `compile_elementwise`: torch.compile'd RMSNorm, RoPE and SwiGLU (one fused kernel each).
 """
 
 from __future__ import annotations
 
 import inspect
 import itertools
-import math
-import time
 import types
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
-
-from radproto.model.scoring import split_model
-from radproto.training.packing import IGNORE_INDEX, PackedBatch
 
 VARLEN_ATTENTION = "radproto_varlen"
 
@@ -231,148 +222,3 @@ def uncompile_elementwise(model: Any) -> None:
     if original is not None:
         modeling_llama.apply_rotary_pos_emb = original
         del modeling_llama._radproto_rope
-
-
-def prepare_fast_training(model: Any, *, gradient_checkpointing: bool = True,
-                          compute_dtype: Any = None, lean: bool = True,
-                          compile_kernels: bool = False) -> str:
-    """Make a peft LoRA model ready for packed training (in place); returns the attention
-    implementation it had, for set_attention to restore before mask-based scoring."""
-    import torch
-
-    register_varlen_attention()
-    previous = set_attention(model, VARLEN_ATTENTION)
-    if compute_dtype is None:
-        compute_dtype = torch.bfloat16 if next(model.parameters()).is_cuda else torch.float32
-    cast_frozen_floats(model, compute_dtype)
-    if lean:
-        lean_lora(model)
-    if compile_kernels:
-        compile_elementwise(model)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input gradients on the embeddings.
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    base.config.use_cache = False
-    model.train()
-    return previous
-
-
-def label_positions(batch: PackedBatch) -> Any:
-    """Positions of the packed row whose target is a label token (computed on the CPU)."""
-    import torch
-
-    targets = batch.targets[0].cpu()
-    return torch.nonzero(targets != IGNORE_INDEX).squeeze(1)
-
-
-def packed_loss(model: Any, batch: PackedBatch, positions: Any | None = None) -> Any:
-    """Mean cross-entropy over the label tokens of a packed row (sum / count, like HF)."""
-    if positions is None:
-        positions = label_positions(batch)
-    return packed_label_loss(model, batch.input_ids, batch.position_ids, batch.targets,
-                             batch.cu_seqlens, batch.max_seqlen, positions)
-
-
-def packed_label_loss(model: Any, input_ids: Any, position_ids: Any, targets: Any,
-                      cu_seqlens: Any, max_seqlen: int, positions: Any) -> Any:
-    """packed_loss on the row's tensors (what a DDP-wrapped module's forward receives)."""
-    import torch.nn.functional as F
-
-    backbone, head = split_model(model)
-    device = head.weight.device
-    positions = positions.to(device, non_blocking=True)
-    cu = cu_seqlens.to(device, non_blocking=True)
-    hidden = backbone(
-        input_ids=input_ids.to(device, non_blocking=True),
-        position_ids=position_ids.to(device, non_blocking=True),
-        cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-        max_length_q=max_seqlen, max_length_k=max_seqlen,
-        use_cache=False,
-    ).last_hidden_state[0]
-    rows = hidden.index_select(0, positions)
-    logits = head(rows).float()  # [n_label_tokens, V]: never the prompt's positions
-    picked = targets[0].to(device, non_blocking=True).index_select(0, positions)
-    return F.cross_entropy(logits, picked, reduction="sum") / max(1, positions.numel())
-
-
-def padded_loss(model: Any, batch: dict[str, Any]) -> Any:
-    """The plain path's loss (full logits, padded batch): the reference for tests."""
-    device = next(model.parameters()).device
-    out = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
-    return out.loss
-
-
-@dataclass
-class StepStats:
-    step: int
-    loss: float
-    seconds: float
-    n_examples: int
-    n_tokens: int
-    n_label_tokens: int
-
-
-def make_optimizer(model: Any, *, lr: float = 2e-4, paged_8bit: bool | None = None) -> Any:
-    """Paged 8-bit AdamW on CUDA (what the HF baseline uses), torch AdamW elsewhere."""
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    on_cuda = params[0].is_cuda
-    if paged_8bit is None:
-        paged_8bit = on_cuda
-    if paged_8bit:
-        import bitsandbytes as bnb
-
-        return bnb.optim.PagedAdamW8bit(params, lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                                        weight_decay=0.0)
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-
-
-def allreduce_gradients(params: list[Any], world_size: int) -> None:
-    """Average the LoRA gradients over the data-parallel ranks in one flat all-reduce."""
-    import torch
-    import torch.distributed as dist
-
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset:offset + n].view_as(g))
-        offset += n
-
-
-def train_packed(model: Any, packs: Iterable[PackedBatch], optimizer: Any, *,
-                 max_grad_norm: float = 1.0, world_size: int = 1,
-                 on_step: Callable[[StepStats], None] | None = None) -> list[StepStats]:
-    """One optimizer step per packed row; gradient clipping as the HF Trainer does."""
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    cuda = params[0].is_cuda
-    stats: list[StepStats] = []
-    for step, batch in enumerate(packs):
-        positions = label_positions(batch)
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = packed_loss(model, batch, positions)
-        loss.backward()
-        if world_size > 1:
-            allreduce_gradients(params, world_size)
-        if max_grad_norm and max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())  # synchronizes, so the step time is complete
-        record = StepStats(step, value, time.perf_counter() - start, batch.n_examples,
-                           batch.n_tokens, batch.n_label_tokens)
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss is {value} at step {step}")
-        stats.append(record)
-        if on_step is not None:
-            on_step(record)
-    return stats

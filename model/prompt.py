@@ -1,14 +1,15 @@
 """The prompt template: the single source for training and inference.
 
-Training appends `render_target(protocol)` plus the tokenizer's end-of-sequence token to
-`render_prompt(fields)`; scoring computes the probability of exactly that continuation.
+Training and scoring both run `render_prompt(fields)` through the model and read the hidden
+state of its last token (the "Protocol:" cue) with the protocol head. `render_target` is the
+text a language model would continue with; the head's rows start from its tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-PROMPT_VERSION = "p1"
+PROMPT_VERSION = "p2"  # p2: read by the protocol head (p1: prefix-tree scoring)
 
 # Short on purpose: every template token is paid for in every training step and every order.
 _TEMPLATE = (

@@ -84,8 +84,7 @@ class KeywordClassifier:
         self.delay_s = delay_s
         self.calls = 0
 
-    def score_orders(self, orders: Sequence[Order | dict], *,
-                     batch_size: int = 16) -> list[Suggestion]:
+    def score_orders(self, orders: Sequence[Order | dict]) -> list[Suggestion]:
         import time
 
         if self.delay_s:

@@ -104,44 +104,56 @@ def test_pyfunc_predicts_like_the_classifier(trained: dict) -> None:
     np.testing.assert_allclose(out["confidence"], [s.confidence for s in expected], rtol=1e-9)
 
 
-def test_ensure_default_model_returns_the_registered_champion(trained: dict,
-                                                              tmp_path: Path) -> None:
-    from radproto.training.finetune import ensure_default_model
+def test_the_default_model_is_the_champion_once_registered_else_the_shipped_one(
+        trained: dict, tmp_path: Path) -> None:
+    from radproto.adapter.default_model import default_model_uri
 
-    # The registry already holds radproto@champion: no corpus, no training.
-    uri = ensure_default_model(tracking_uri=trained["uri"], catalog=trained["catalog"],
-                               work_dir=tmp_path, progress=False)
-    assert uri == "models:/radproto@champion"
-    assert not any(tmp_path.iterdir())
+    assert default_model_uri(trained["uri"]) == "models:/radproto@champion"
+    assert default_model_uri(f"sqlite:///{tmp_path / 'empty.db'}") == "default"
 
 
-def test_default_model_training_pauses_at_a_checkpoint_and_resumes(tmp_path: Path) -> None:
-    """The service stopping during the first-run training: the step in progress ends, a
-    checkpoint is written, and the next start resumes it to a registered champion."""
-    import threading
+def _dev_file(trained: dict, path: Path) -> Path:
+    """The validation split as a stand-in development set (labelled orders)."""
+    import shutil
+
+    shutil.copy(trained["corpus"] / "validation.jsonl", path)
+    return path
+
+
+def test_the_alias_moves_only_to_a_model_at_least_as_good_on_the_dev_set(
+        trained: dict, tmp_path: Path) -> None:
+    from radproto.model.classifier import ProtocolClassifier
+    from radproto.training.orderfile import read_orders
+    from radproto.training.promotion import decide, top1_on
+    from radproto.training.tracking import load_model
+
+    dev = _dev_file(trained, tmp_path / "dev.jsonl")
+    catalog = trained["catalog"]
+    champion = load_model("models:/radproto@champion", catalog=catalog,
+                          tracking_uri=trained["uri"])
+    same = decide(champion, name="radproto", alias="champion", tracking_uri=trained["uri"],
+                  catalog=catalog, data=dev)
+    assert same.promote and same.new_top1 == same.holder_top1  # as good: it moves
+    # The champion with its head rows shifted by one protocol: every answer moves to a
+    # neighbour, so it is worse on the dev set.
+    import copy
 
     import torch
 
-    from radproto.training.finetune import (
-        CHECKPOINT_DIR,
-        CHECKPOINT_FILE,
-        TrainingInterrupted,
-        ensure_default_model,
-    )
-
-    catalog = small_catalog()
-    write_small_corpus(tmp_path / "work" / "corpus", catalog)  # no full corpus to generate
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    stop = threading.Event()
-    stop.set()  # asked before the first step ends: exactly one step is trained
-    with pytest.raises(TrainingInterrupted):
-        ensure_default_model(tracking_uri=uri, catalog=catalog, work_dir=tmp_path / "work",
-                             progress=False, stop=stop)
-    checkpoint = tmp_path / "work" / "model" / CHECKPOINT_DIR / CHECKPOINT_FILE
-    assert torch.load(checkpoint, weights_only=False)["step"] == 1
-    assert not registry_has("models:/radproto@champion", tracking_uri=uri)
-
-    assert ensure_default_model(tracking_uri=uri, catalog=catalog, work_dir=tmp_path / "work",
-                                progress=False) == "models:/radproto@champion"
-    assert registry_has("models:/radproto@champion", tracking_uri=uri)
-    assert torch.load(checkpoint, weights_only=False)["step"] == 3  # 96 orders / 32 a step
+    shifted = copy.deepcopy(champion.head)
+    with torch.no_grad():
+        shifted.weight.copy_(torch.roll(champion.head.weight, 1, dims=0))
+        shifted.bias.copy_(torch.roll(champion.head.bias, 1, dims=0))
+    worse_model = ProtocolClassifier(champion.model, champion.tokenizer, catalog, head=shifted,
+                                     config=champion.config)
+    rows = read_orders(dev, require_label=True)
+    assert top1_on(worse_model, rows, catalog) < same.holder_top1
+    worse = decide(worse_model, name="radproto", alias="champion",
+                   tracking_uri=trained["uri"], catalog=catalog, data=dev)
+    forced = decide(worse_model, name="radproto", alias="champion",
+                    tracking_uri=trained["uri"], catalog=catalog, data=dev, force=True)
+    assert not worse.promote and "<" in worse.reason
+    assert forced.promote and forced.reason == "forced (--force)"
+    fresh = decide(worse_model, name="radproto", alias="champion",
+                   tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}", catalog=catalog, data=dev)
+    assert fresh.promote  # nobody holds the alias yet

@@ -62,15 +62,17 @@ class TrainConfig:
     val_fraction: float = _f(0.1, "share of an order file held out for validation")
     val_size: int = _f(300, "validation orders used for early stopping and calibration "
                        "(a fixed random subset; 0 = all)")
-    calib_size: int = _f(0, "validation orders scored over the whole catalog for temperature "
-                         "fitting and the validation report (0 = all of val_size); full-catalog "
-                         "scoring costs several times a training example")
+    calib_size: int = _f(0, "validation orders scored for temperature fitting, the abstain "
+                         "threshold and the validation report (0 = all of val_size)")
     group_by_length: bool = _f(True, "batch examples of similar length (less padding)")
     # -- optimization --------------------------------------------------------------------
     learning_rate: float = _f(2e-4, "peak learning rate")
     lr_schedule: str = _f("cosine", "cosine, linear or constant (after warmup)")
     warmup_steps: int = _f(20, "linear warmup steps")
     min_lr_ratio: float = _f(0.1, "final learning rate as a share of the peak")
+    head_learning_rate: float = _f(0.0, "peak learning rate of the protocol head "
+                                   "(0 = learning_rate)")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy over the catalog")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)")
     optimizer: str = _f("auto", "auto (paged_adamw_8bit on CUDA, adamw on CPU), adamw or "
@@ -93,14 +95,20 @@ class TrainConfig:
     min_delta: float = _f(0.001, "smallest validation-loss drop that counts as improvement")
     log_interval: int = _f(10, "optimizer steps between metric logs")
     calibrate: bool = _f(True, "fit a temperature on the validation subset after training")
-    abstain_threshold: float = _f(0.5, "calibrated confidence below which a suggestion "
-                                  "goes to the radiologist")
+    abstain_threshold: float = _f(-1.0, "calibrated confidence below which a suggestion "
+                                  "goes to the radiologist; -1 = the lowest threshold at which "
+                                  "the calibrated validation orders reach abstain_accuracy")
+    abstain_accuracy: float = _f(0.95, "the accuracy the derived abstain threshold aims for")
     # -- output and tracking -------------------------------------------------------------
     out_dir: str = _f("runs/radproto", "model directory (checkpoints in out_dir/checkpoint)")
     tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI ('' = no tracking)")
     experiment: str = _f("radproto", "MLflow experiment name")
     register_name: str = _f("", "register the model under this name ('' = do not)")
-    alias: str = _f("", "set this alias (e.g. champion) on the registered version")
+    alias: str = _f("", "move this alias (e.g. champion) to the registered version, if it is "
+                    "at least as good as the alias's holder on promotion_data")
+    promotion_data: str = _f("eval/dev.jsonl", "labelled orders on which a new model must "
+                             "match the alias's holder to take the alias")
+    force: bool = _f(False, "move the alias even if the new model is worse (logged)")
     baseline: bool = _f(True, "train the TF-IDF + logistic-regression yardstick for the "
                         "validation report")
 
@@ -123,6 +131,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError("must be positive", field=name)
         non_negative = ("lora_layers", "warmup_steps", "weight_decay", "max_grad_norm",
+                        "head_learning_rate",
                         "max_steps", "val_size", "calib_size", "patience", "min_delta",
                         "time_budget_minutes", "wall_budget_minutes", "threads",
                         "epochs")
@@ -137,8 +146,13 @@ class TrainConfig:
             raise ConfigError("must be in (0, 1)", field="val_fraction")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError("must be in [0, 1]", field="min_lr_ratio")
-        if not 0.0 <= self.abstain_threshold <= 1.0:
-            raise ConfigError("must be in [0, 1]", field="abstain_threshold")
+        if not (0.0 <= self.abstain_threshold <= 1.0 or self.abstain_threshold == -1.0):
+            raise ConfigError("must be in [0, 1], or -1 (derived from validation)",
+                              field="abstain_threshold")
+        if not 0.0 < self.abstain_accuracy <= 1.0:
+            raise ConfigError("must be in (0, 1]", field="abstain_accuracy")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError("must be in [0, 1)", field="label_smoothing")
         if self.epochs == 0 and self.max_steps == 0:
             raise ConfigError("either epochs or max_steps must be set", field="max_steps")
         if not self.lora_targets:

@@ -1,30 +1,30 @@
-"""`radproto train`: the LoRA / QLoRA fine-tune loop, written out top to bottom.
+"""`radproto train`: LoRA / QLoRA fine-tuning of the model and its protocol head.
 
-    data -> model init -> optimizer -> loop (lr schedule, eval + checkpoint,
-    forward/backward, log, stop) -> calibrate -> save -> MLflow
+    setup:  data -> base model -> LoRA on the top layers -> protocol head -> optimizer
+    run:    per step: lr schedule -> forward/backward over the micro-batches -> optimizer
+            -> log -> validation + checkpoint -> stop (max_steps, early stopping, budget)
+    finish: best weights -> temperature and abstain threshold on validation -> save -> MLflow
 
-The loss covers the protocol tokens and EOS only (labels are -100 on the prompt, from
-`encode_example`), and the vocabulary projection runs on those positions only. On CUDA the
-base is NF4 (QLoRA), the optimizer paged 8-bit AdamW, compute bf16 with gradient
-checkpointing, and each micro-batch runs as one packed row without padding (`packing`,
-model/fast_train.py: same examples, same loss, several times the padded path's speed).
-Under torchrun / accelerate (WORLD_SIZE > 1) each process takes its share of
-every step's micro-batches and DDP averages the gradients; only rank 0 logs and saves.
+The loss is the cross-entropy over the catalog of the head's logits at each prompt's last
+token (one forward pass per order, no label tokens; Label-Supervised LLaMA). LoRA and the
+head train together; the head's rows start from the protocols' names (model/head.py). On
+CUDA the base is NF4 (QLoRA), the optimizer paged 8-bit AdamW, compute bf16 with gradient
+checkpointing, and each micro-batch runs as one packed row without padding (`packing`).
+Under torchrun (WORLD_SIZE > 1) each process takes its share of every step's micro-batches
+and DDP averages the gradients; only rank 0 logs and saves (training/distributed.py).
 
-A checkpoint (out_dir/checkpoint/state.pt) holds the LoRA weights, the best weights so far,
-optimizer state, step, data position, early-stopping state, RNG states and the full config;
-`--resume` continues from it and ends in the same state as an uninterrupted run.
+A checkpoint (out_dir/checkpoint/state.pt) holds the LoRA and head weights, the best weights
+so far, optimizer state, step, data position, early-stopping state, RNG states and the full
+config; `--resume` continues from it and ends in the same state as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import math
-import os
 import random
 import signal
 import threading
@@ -37,13 +37,16 @@ from typing import Any
 import numpy as np
 
 from radproto.model.catalog import Catalog
-from radproto.model.errors import ConfigError, ModelError
-from radproto.training.config import (
-    TrainConfig,
-    apply_overrides,
-    load_config,
-    load_preset,
+from radproto.model.errors import ModelError, RadprotoError
+from radproto.training.config import TrainConfig, apply_overrides, load_config, load_preset
+from radproto.training.data import (
+    encode_rows,
+    epoch_batches,
+    load_training_data,
+    prompt_fields,
+    subsample,
 )
+from radproto.training.distributed import all_max, all_sum, any_rank, init_distributed, shutdown
 from radproto.training.packing import pack_examples, pad_examples
 
 log = logging.getLogger(__name__)
@@ -51,13 +54,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.pt"
 DEFAULT_PRESET = "default-cpu"
-DEFAULT_MODEL_NAME = "radproto"
-DEFAULT_ALIAS = "champion"
-_SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev")}
-_ORDER_SUFFIXES = (".jsonl", ".parquet", ".csv", ".ndjson", ".json")
+_FINISH_SECONDS = 45.0  # saving, the validation report's baseline and MLflow logging
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(RadprotoError):
     """Training stopped at a step boundary on request; the checkpoint holds the state."""
 
 
@@ -76,113 +76,9 @@ class TrainResult:
     throughput: dict[str, Any] = field(default_factory=dict)  # see Trainer.throughput
 
 
-# ============================================================================ data
-def _split_file(directory: Path, split: str) -> Path | None:
-    for stem in _SPLIT_NAMES[split]:
-        for suffix in _ORDER_SUFFIXES:
-            candidate = directory / f"{stem}{suffix}"
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _stable_bucket(row: dict[str, Any], seed: int) -> float:
-    key = row.get("id") or json.dumps([row.get(k, "") for k in sorted(row) if k != "label"],
-                                      sort_keys=True, default=str)
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def load_training_data(config: TrainConfig, catalog: Catalog
-                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train rows, validation rows), labels resolved to catalog names.
-
-    A corpus directory gives its train and validation splits; an order file (a site's
-    history) is split by a stable hash of each row into train and val_fraction validation.
-    """
-    from radproto.training.orderfile import read_orders
-
-    if not config.data:
-        raise ConfigError("no training data: give --data or set 'data' in the config",
-                          field="data")
-    train: list[dict[str, Any]] = []
-    valid: list[dict[str, Any]] = []
-    for item in config.data:
-        path = Path(item)
-        if path.is_dir():
-            train_file = _split_file(path, "train")
-            if train_file is None:
-                raise ConfigError(f"'{path}' holds no train.jsonl/.parquet/.csv", field="data")
-            train += read_orders(train_file, require_label=True)
-            valid_file = _split_file(path, "validation")
-            if valid_file is not None:
-                valid += read_orders(valid_file, require_label=True)
-            else:
-                log.warning("%s has no validation split; holding out part of train", path)
-                rows, train = train, []
-                for row in rows:
-                    (valid if _stable_bucket(row, config.seed) < config.val_fraction
-                     else train).append(row)
-        elif path.is_file():
-            for row in read_orders(path, require_label=True):
-                (valid if _stable_bucket(row, config.seed) < config.val_fraction
-                 else train).append(row)
-        else:
-            raise ConfigError(f"no such corpus directory or order file: '{path}'", field="data")
-    train, unknown_train = _resolve_labels(train, catalog)
-    valid, unknown_valid = _resolve_labels(valid, catalog)
-    if unknown_train or unknown_valid:
-        log.warning("skipped %d rows whose label is not in the catalog",
-                    unknown_train + unknown_valid)
-    if not train:
-        raise ConfigError("no training rows with a catalog label", field="data")
-    if not valid:
-        raise ConfigError("no validation rows with a catalog label", field="data")
-    return train, valid
-
-
-def _resolve_labels(rows: list[dict[str, Any]], catalog: Catalog
-                    ) -> tuple[list[dict[str, Any]], int]:
-    kept, unknown = [], 0
-    for row in rows:
-        name = catalog.resolve(str(row.get("label", "")))
-        if name is None:
-            unknown += 1
-            continue
-        kept.append({**row, "label": name})
-    return kept, unknown
-
-
-def subsample(rows: list[dict[str, Any]], size: int, seed: int) -> list[dict[str, Any]]:
-    """A fixed random subset (the whole list when size is 0 or larger than it)."""
-    if size <= 0 or size >= len(rows):
-        return list(rows)
-    picked = sorted(random.Random(f"val-{seed}").sample(range(len(rows)), size))
-    return [rows[i] for i in picked]
-
-
-def epoch_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int,
-                  group_by_length: bool) -> list[list[int]]:
-    """The micro-batches of one epoch: a seeded shuffle, then (optionally) examples of
-    similar length grouped inside windows of 64 batches, the batch order shuffled again."""
-    rng = random.Random(f"order-{seed}-{epoch}")
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if group_by_length:
-        window = batch_size * 64
-        grouped: list[int] = []
-        for start in range(0, len(order), window):
-            grouped += sorted(order[start:start + window], key=lambda i: lengths[i])
-        order = grouped
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if group_by_length:
-        rng.shuffle(batches)
-    return batches
-
-
 # ============================================================================ model
 def model_config_for(config: TrainConfig) -> Any:
-    from radproto.model.classifier import ModelConfig
+    from radproto.model.loading import ModelConfig
 
     return ModelConfig(
         base_model=config.base_model, quantization=config.quantization,
@@ -193,8 +89,45 @@ def model_config_for(config: TrainConfig) -> Any:
 
 
 def default_cache_dir(config: TrainConfig) -> Path:
-    return Path(config.cache_dir).expanduser() if config.cache_dir else \
-        Path.home() / ".cache" / "radproto"
+    from radproto.model.loading import default_cache_dir as model_cache_dir
+
+    return Path(config.cache_dir).expanduser() if config.cache_dir else model_cache_dir()
+
+
+def head_loss_module(model: Any, head: Any, *, label_smoothing: float = 0.0) -> Any:
+    """A torch Module (so DDP can wrap the whole forward) returning (loss, logits): the
+    cross-entropy over the catalog of the head's logits at each prompt's last token.
+
+    A padded batch gives input_ids [B, T] and lengths [B]; a packed row gives input_ids
+    [1, T], position_ids and cu_seqlens (attention bounded per example by the varlen
+    kernel registered in model/kernels.py)."""
+    import torch
+    import torch.nn.functional as F
+
+    from radproto.model.scoring import last_hidden_states, split_model
+
+    class HeadLoss(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.head = head
+
+        def forward(self, input_ids: Any, labels: Any, lengths: Any = None,
+                    position_ids: Any = None, cu_seqlens: Any = None,
+                    max_seqlen: int = 0) -> tuple[Any, Any]:
+            if cu_seqlens is None:
+                hidden = last_hidden_states(self.model, input_ids, lengths)
+            else:
+                backbone, _ = split_model(self.model)
+                rows = backbone(input_ids=input_ids, position_ids=position_ids,
+                                cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens,
+                                max_length_q=max_seqlen, max_length_k=max_seqlen,
+                                use_cache=False).last_hidden_state[0]
+                hidden = rows.index_select(0, (cu_seqlens[1:] - 1).long())
+            logits = self.head(hidden)
+            return F.cross_entropy(logits, labels, label_smoothing=label_smoothing), logits
+
+    return HeadLoss()
 
 
 def add_lora_layers(model: Any, config: TrainConfig) -> Any:
@@ -216,55 +149,39 @@ def add_lora_layers(model: Any, config: TrainConfig) -> Any:
         raise ModelError(f"cannot add LoRA to the model: {exc}") from exc
 
 
-def _loss_module(model: Any, *, packed: bool) -> Any:
-    """Mean cross-entropy over the label tokens, the LM head applied at those positions only
-    (a torch Module, so DDP can wrap the whole loss forward). `packed`: the micro-batch comes
-    as one padding-free row (fast_train.packed_label_loss), else as a padded batch."""
-    import torch
-    import torch.nn.functional as F
+def prepare_packed(model: Any, compute_dtype: Any) -> str:
+    """Ready a peft model for packed rows (in place): varlen attention, frozen weights in
+    the compute dtype, lean LoRA. Returns the attention implementation it had."""
+    from radproto.model.kernels import (
+        VARLEN_ATTENTION,
+        cast_frozen_floats,
+        lean_lora,
+        register_varlen_attention,
+        set_attention,
+    )
 
-    from radproto.model.fast_train import packed_label_loss
-    from radproto.model.scoring import split_model
-
-    class _LabelLoss(torch.nn.Module):
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
-            backbone, head = split_model(self.inner)
-            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                              use_cache=False).last_hidden_state
-            targets = labels[:, 1:]
-            keep = targets != -100
-            rows = hidden[:, :-1][keep]  # only the positions that predict a label token
-            logits = head(rows).float()
-            return F.cross_entropy(logits, targets[keep])
-
-    class _PackedLabelLoss(_LabelLoss):
-        def forward(self, input_ids: Any, position_ids: Any, targets: Any, cu_seqlens: Any,
-                    positions: Any, max_seqlen: int) -> Any:
-            return packed_label_loss(self.inner, input_ids, position_ids, targets, cu_seqlens,
-                                     max_seqlen, positions)
-
-    return (_PackedLabelLoss if packed else _LabelLoss)(model)
+    register_varlen_attention()
+    previous = set_attention(model, VARLEN_ATTENTION)
+    cast_frozen_floats(model, compute_dtype)
+    lean_lora(model)
+    return previous
 
 
-def _trainable(model: Any) -> dict[str, Any]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+def _trainable(module: Any) -> dict[str, Any]:
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
 
-def _lora_state(model: Any) -> dict[str, Any]:
-    return {n: p.detach().clone() for n, p in _trainable(model).items()}
+def _weights(module: Any) -> dict[str, Any]:
+    return {n: p.detach().clone() for n, p in _trainable(module).items()}
 
 
-def _load_lora_state(model: Any, state: dict[str, Any]) -> None:
+def _load_weights(module: Any, state: dict[str, Any]) -> None:
     import torch
 
-    params = _trainable(model)
+    params = _trainable(module)
     missing = set(params) - set(state)
     if missing:
-        raise ModelError(f"checkpoint lacks {len(missing)} LoRA tensors, e.g. {min(missing)}")
+        raise ModelError(f"checkpoint lacks {len(missing)} trained tensors, e.g. {min(missing)}")
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state[name])
@@ -283,59 +200,6 @@ def learning_rate(progress: float, step: int, config: TrainConfig) -> float:
     if config.lr_schedule == "linear":
         return floor + (peak - floor) * (1.0 - progress)
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# ============================================================================ distributed
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str) -> Dist:
-    """Join the process group torchrun / accelerate launched us into (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(),
-                local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def _prompt_fields(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """The four fields the prompt reads, of each order-file row."""
-    return [{k: r.get(k, "") for k in ("ordered_exam", "history", "diagnosis", "notes")}
-            for r in rows]
-
-
-_FINISH_SECONDS = 45.0  # saving, the validation report's baseline and MLflow logging
-
-
-def _all_sum(values: list[float], dist_info: Dist) -> list[float]:
-    return _all_reduce(values, dist_info, "SUM")
-
-
-def _all_max(values: list[float], dist_info: Dist) -> list[float]:
-    return _all_reduce(values, dist_info, "MAX")
-
-
-def _all_reduce(values: list[float], dist_info: Dist, op: str) -> list[float]:
-    if dist_info.world <= 1:
-        return values
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
-    return tensor.tolist()
 
 
 # ============================================================================ trainer
@@ -362,6 +226,9 @@ class Trainer:
     def setup(self) -> None:
         import torch
 
+        from radproto.model.head import new_head
+        from radproto.model.loading import load_base_model, resolve_dtype
+
         config = self.config
         self.started = time.perf_counter()
         if config.threads:
@@ -379,46 +246,38 @@ class Trainer:
             "paged_adamw_8bit" if on_cuda else "adamw")
 
         # -- data ------------------------------------------------------------------------
-        from radproto.model.classifier import encode_example
-
         self.train_rows, valid_rows = load_training_data(config, self.catalog)
         self.val_rows = subsample(valid_rows, config.val_size, config.seed)
 
-        # -- model init ------------------------------------------------------------------
-        from radproto.model.classifier import load_base_model
-
+        # -- model: base, LoRA, head -----------------------------------------------------
         self.model_config = model_config_for(config)
         model, tokenizer = load_base_model(self.model_config, self.device,
                                            cache_dir=default_cache_dir(config))
         self.packing = config.packing == "on" or (config.packing == "auto" and on_cuda)
         if getattr(model, "is_loaded_in_4bit", False) and not self.packing:
-            # (the packed path keeps the frozen floats in the compute dtype instead of the
-            # float32 this casts them to; non-reentrant checkpointing needs no input grads)
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=self.grad_ckpt,
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(config.seed)  # the LoRA init is part of the reproducible state
+        head = new_head(model, tokenizer, self.catalog.names)  # rows from the base's names
         model = add_lora_layers(model, config)
         if self.grad_ckpt:
             model.get_base_model().gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         if self.packing:
-            from radproto.model.fast_train import prepare_fast_training
-            from radproto.model.loading import resolve_dtype
-
-            self._attention = prepare_fast_training(
-                model, gradient_checkpointing=False,  # enabled above, for both paths
-                compute_dtype=resolve_dtype(self.model_config, self.device))
-        self.model, self.tokenizer = model, tokenizer
-        self.train_examples = [encode_example(tokenizer, r, r["label"], config.max_length)
-                               for r in self.train_rows]
-        self.val_examples = [encode_example(tokenizer, r, r["label"], config.max_length)
-                             for r in self.val_rows]
+            self._attention = prepare_packed(model, resolve_dtype(self.model_config,
+                                                                   self.device))
+        self.model, self.tokenizer, self.head = model, tokenizer, head
+        self.train_examples = encode_rows(tokenizer, self.train_rows, self.catalog,
+                                          config.max_length)
+        self.val_examples = encode_rows(tokenizer, self.val_rows, self.catalog,
+                                        config.max_length)
         self.lengths = [len(e["input_ids"]) for e in self.train_examples]
-        self.loss_module = _loss_module(model, packed=self.packing)
+        self.loss_module = head_loss_module(model, head,
+                                            label_smoothing=config.label_smoothing)
         self.wrapped = self.loss_module
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -426,16 +285,21 @@ class Trainer:
             self.wrapped = DDP(self.loss_module,
                                device_ids=[self.device] if on_cuda else None)
 
-        # -- optimizer -------------------------------------------------------------------
-        params = list(_trainable(model).values())
+        # -- optimizer: LoRA and head, the head at its own rate if given ------------------
+        lora = [p for n, p in _trainable(self.loss_module).items() if not n.startswith("head.")]
+        head_params = list(head.parameters())
+        head_lr = config.head_learning_rate or config.learning_rate
+        self._lr_scale = [1.0, head_lr / config.learning_rate]
+        groups = [{"params": lora}, {"params": head_params}]
         if self.optimizer_kind == "paged_adamw_8bit":
             import bitsandbytes as bnb
 
-            self.optimizer = bnb.optim.PagedAdamW8bit(params, lr=config.learning_rate,
+            self.optimizer = bnb.optim.PagedAdamW8bit(groups, lr=config.learning_rate,
                                                       weight_decay=config.weight_decay)
         else:
-            self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate,
+            self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate,
                                                weight_decay=config.weight_decay)
+        self.params = lora + head_params
 
         micro_per_epoch = math.ceil(len(self.train_examples) / config.batch_size)
         per_step = config.grad_accum * self.dist.world
@@ -484,7 +348,7 @@ class Trainer:
             "resolved_packing": self.packing,
             "resolved_optimizer": self.optimizer_kind, "max_steps_resolved": self.max_steps,
             "catalog_version": self.catalog.version,
-            "trainable_params": sum(p.numel() for p in params),
+            "trainable_params": sum(p.numel() for p in self.params),
         })
 
     def _autocast(self) -> Any:
@@ -503,12 +367,10 @@ class Trainer:
         state = {
             "config": self.config.to_dict(),
             "step": self.step, "epoch": self.epoch, "position": self.position,
-            "lora": _lora_state(self.model),
-            "best_lora": self.best_state, "best_val": self.best_val,
+            "weights": _weights(self.loss_module),
+            "best_weights": self.best_state, "best_val": self.best_val,
             "best_step": self.best_step, "bad_evals": self.bad_evals,
             "optimizer": self.optimizer.state_dict(),
-            "schedule": {"kind": self.config.lr_schedule, "step": self.step,
-                         "max_steps": self.max_steps},
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                     "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
@@ -530,10 +392,13 @@ class Trainer:
                              if self.config.to_dict().get(k) != v)
             log.warning("resuming with a changed config (%s); the checkpoint's holds",
                         ", ".join(changed))
-        _load_lora_state(self.model, state["lora"])
+        if state.get("catalog_version") != self.catalog.version:
+            raise ModelError(f"{self.checkpoint_path}: trained on another catalog "
+                             f"({state.get('catalog_version')}); start afresh")
+        _load_weights(self.loss_module, state["weights"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
-        self.best_state, self.best_val = state["best_lora"], state["best_val"]
+        self.best_state, self.best_val = state["best_weights"], state["best_val"]
         self.best_step, self.bad_evals = state["best_step"], state["bad_evals"]
         self.train_seconds, self.history = state["train_seconds"], state["history"]
         self.run_id = state.get("run_id") or ""
@@ -565,43 +430,40 @@ class Trainer:
         return chunk[self.dist.rank::world]
 
     def _micro_loss(self, module: Any, examples: Sequence[dict[str, Any]]
-                    ) -> tuple[Any, int, int]:
-        """(mean label-token loss, label tokens, real tokens) of one micro-batch through
-        `module` (the loss module or its DDP wrapper), packed or padded."""
+                    ) -> tuple[Any, Any, int]:
+        """(mean loss, logits, real tokens) of one micro-batch through `module` (the loss
+        module or its DDP wrapper), packed or padded."""
         real_tokens = sum(len(e["input_ids"]) for e in examples)
         if self.packing:
-            from radproto.model.fast_train import label_positions
+            row = pack_examples(examples).to(self.device)
+            loss, logits = module(input_ids=row.input_ids, labels=row.labels,
+                                  position_ids=row.position_ids, cu_seqlens=row.cu_seqlens,
+                                  max_seqlen=row.max_seqlen)
+        else:
+            batch = pad_examples(examples, self.tokenizer.pad_token_id)
+            loss, logits = module(**{k: v.to(self.device) for k, v in batch.items()})
+        return loss, logits, real_tokens
 
-            packed = pack_examples(examples)
-            positions = label_positions(packed)
-            row = packed.to(self.device)
-            loss = module(input_ids=row.input_ids, position_ids=row.position_ids,
-                          targets=row.targets, cu_seqlens=row.cu_seqlens,
-                          positions=positions.to(self.device), max_seqlen=row.max_seqlen)
-            return loss, packed.n_label_tokens, real_tokens
-        batch = pad_examples(examples, self.tokenizer.pad_token_id)
-        n_labels = int((batch["labels"][:, 1:] != -100).sum())
-        loss = module(**{k: v.to(self.device) for k, v in batch.items()})
-        return loss, n_labels, real_tokens
-
-    def validation_loss(self) -> float:
-        """Mean label-token loss over the validation subset (shared out over the ranks)."""
+    def validation(self) -> tuple[float, float]:
+        """(mean loss, top-1 accuracy) over the validation subset (shared over the ranks)."""
         import torch
 
-        total, count = 0.0, 0
+        total, correct, count = 0.0, 0.0, 0
         mine = list(range(len(self.val_examples)))[self.dist.rank::self.dist.world]
         mine.sort(key=lambda i: len(self.val_examples[i]["input_ids"]))
-        self.model.eval()
+        self.loss_module.eval()
         size = self.config.batch_size * 2
         with torch.no_grad(), self._autocast():
             for start in range(0, len(mine), size):
                 examples = [self.val_examples[i] for i in mine[start:start + size]]
-                loss, n_labels, _ = self._micro_loss(self.loss_module, examples)
-                total += float(loss) * n_labels
-                count += n_labels
-        self.model.train()
-        total, count = _all_sum([total, float(count)], self.dist)
-        return total / max(count, 1.0)
+                loss, logits, _ = self._micro_loss(self.loss_module, examples)
+                labels = torch.tensor([e["label"] for e in examples], device=logits.device)
+                total += float(loss) * len(examples)
+                correct += float((logits.argmax(-1) == labels).sum())
+                count += len(examples)
+        self.loss_module.train()
+        total, correct, count = all_sum([total, correct, float(count)], self.dist)
+        return total / max(count, 1.0), correct / max(count, 1.0)
 
     def throughput(self) -> dict[str, Any]:
         """Real (non-padding) training tokens per second of optimizer steps (validation
@@ -626,52 +488,53 @@ class Trainer:
             return by_steps
         return max(by_steps, self.train_seconds / budget)
 
-    def _classifier(self) -> Any:
-        """The model in training as a ProtocolClassifier (exact scoring, temperature 1)."""
+    def classifier(self) -> Any:
+        """The model in training as a ProtocolClassifier (temperature 1)."""
         from radproto.model.classifier import ProtocolClassifier
 
-        return ProtocolClassifier(self.model, self.tokenizer, self.catalog,
-                                  config=self.model_config, cuda_graphs=False,
-                                  abstain_threshold=self.config.abstain_threshold)
+        return ProtocolClassifier(self.model, self.tokenizer, self.catalog, head=self.head,
+                                  config=self.model_config, cuda_graphs=False)
 
     def _fit_wall_budget(self) -> None:
-        """Lower the training budget so that calibration and saving still fit the wall budget.
-
-        Calibration scores `calib_size` orders over the whole catalog after training; its
-        cost is measured here on one order (it varies several-fold between CPUs).
-        """
+        """Lower the training budget so that calibration and saving still fit the wall
+        budget; calibration's cost is measured here on a few orders."""
         wall = self.config.wall_budget_minutes * 60
         if wall <= 0:
             return
+        probe = self.val_rows[:8]
         start = time.perf_counter()
-        self._classifier().catalog_log_probs(_prompt_fields(self.val_rows[:1]))
-        per_order = time.perf_counter() - start
-        self.model.train()
-        calib = min(self.config.calib_size, len(self.val_rows)) if self.config.calibrate else 0
+        self.classifier().catalog_log_probs(prompt_fields(probe))
+        per_order = (time.perf_counter() - start) / max(len(probe), 1)
+        self.loss_module.train()
+        calib = self._calibration_size() if self.config.calibrate else 0
         reserve = 1.15 * calib * per_order + _FINISH_SECONDS
         left = wall - (time.perf_counter() - self.started) - reserve
-        left = _all_sum([max(left, 0.0)], self.dist)[0] / self.dist.world  # one budget for all
+        left = all_sum([max(left, 0.0)], self.dist)[0] / self.dist.world  # one budget for all
         budget = self.train_seconds + max(left, 1e-3)  # > 0: a budget of 0 means "none"
         if self.budget_seconds <= 0 or budget < self.budget_seconds:
             log.info("wall budget %.0f s: %.0f s left for training (calibration ~%.0f s)",
                      wall, left, reserve - _FINISH_SECONDS)
             self.budget_seconds = budget
 
+    def _calibration_size(self) -> int:
+        size = self.config.calib_size or len(self.val_rows)
+        return min(size, len(self.val_rows))
+
     def _evaluate_and_checkpoint(self) -> bool:
-        """Validation loss, best-weights bookkeeping, checkpoint; True = stop early."""
+        """Validation, best-weights bookkeeping, checkpoint; True = stop early."""
         started = time.perf_counter()
-        val = self.validation_loss()
+        val, accuracy = self.validation()
         self.eval_seconds = time.perf_counter() - started
         improved = val < self.best_val - self.config.min_delta
         if improved:
             self.best_val, self.best_step, self.bad_evals = val, self.step, 0
-            self.best_state = _lora_state(self.model)
+            self.best_state = _weights(self.loss_module)
         else:
             self.bad_evals += 1
-        self.history.append({"step": self.step, "val_loss": val})
-        self.tracker.log_metrics({"val_loss": val, "best_val_loss": self.best_val},
-                                 step=self.step)
-        log.info("step %d: validation loss %.4f%s", self.step, val,
+        self.history.append({"step": self.step, "val_loss": val, "val_top1": accuracy})
+        self.tracker.log_metrics({"val_loss": val, "best_val_loss": self.best_val,
+                                  "val_top1": accuracy}, step=self.step)
+        log.info("step %d: validation loss %.4f, top-1 %.3f%s", self.step, val, accuracy,
                  " (best)" if improved else f" (no gain x{self.bad_evals})")
         self._save_checkpoint()
         return self.config.patience > 0 and self.bad_evals >= self.config.patience
@@ -682,8 +545,7 @@ class Trainer:
         import torch
 
         config = self.config
-        params = list(_trainable(self.model).values())
-        self.model.train()
+        self.loss_module.train()
         bar = None
         if self.progress and self.dist.main:
             from tqdm.auto import tqdm
@@ -703,8 +565,9 @@ class Trainer:
             while self.step < self.max_steps:
                 # -- lr schedule ---------------------------------------------------------
                 lr = learning_rate(self._progress(), self.step, config)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                for group, scale in zip(self.optimizer.param_groups, self._lr_scale,
+                                        strict=True):
+                    group["lr"] = lr * scale
                 # -- forward / backward --------------------------------------------------
                 micro = self._next_micro_batches()
                 step_loss = 0.0
@@ -723,7 +586,7 @@ class Trainer:
                     window_tokens += real_tokens
                     self.tokens_trained += real_tokens
                 if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step_seconds += time.perf_counter() - step_start
@@ -754,13 +617,13 @@ class Trainer:
                 if self.dist.world > 1:
                     # One clock for all ranks: the schedule's time progress and the stop
                     # below must agree, or the ranks' weights drift and a collective hangs.
-                    self.train_seconds, self.eval_seconds = _all_max(
+                    self.train_seconds, self.eval_seconds = all_max(
                         [self.train_seconds, self.eval_seconds], self.dist)
                 budget = self.budget_seconds
-                # Stop one mean step early rather than one step late.
+                # Stop one mean step early rather than one step late, and leave room for
+                # the validation pass that ends training.
                 mean_step = (self.train_seconds - self._start_seconds) / max(
                     self.step - self._start_step, 1)
-                # ... and leave room for the validation pass that ends training.
                 out_of_time = budget > 0 and (
                     self.train_seconds + mean_step + self.eval_seconds > budget)
                 last = self.step == self.max_steps or out_of_time
@@ -776,7 +639,7 @@ class Trainer:
                     break
                 if self.on_step is not None:
                     self.on_step(self.step, self)
-                if _any_rank(self.stop_requested, self.dist):
+                if any_rank(self.stop_requested, self.dist):
                     if self.step % config.eval_interval != 0:
                         self._save_checkpoint()
                     raise TrainingInterrupted(f"stopped at step {self.step}; resume with "
@@ -792,34 +655,65 @@ class Trainer:
         return stopped
 
     # ------------------------------------------------------------------------ finish
+    def _register(self, classifier: Any, model_uri: str) -> str:
+        """A new registry version; the alias moves to it only if it is at least as good as
+        the alias's holder on the development set (training/promotion.py) or --force."""
+        from radproto.training.promotion import decide
+        from radproto.training.tracking import register_model, set_alias
+
+        config = self.config
+        uri = register_model(model_uri, config.register_name,
+                             tracking_uri=config.tracking_uri, run_id=self.run_id)
+        if not config.alias:
+            return uri
+        decision = decide(classifier, name=config.register_name, alias=config.alias,
+                          tracking_uri=config.tracking_uri, catalog=self.catalog,
+                          data=config.promotion_data, force=config.force)
+        self.tracker.set_tags(decision.tags())
+        if not decision.promote:
+            log.warning("registered %s but %s@%s stays where it is: %s", uri,
+                        config.register_name, config.alias, decision.reason)
+            return uri
+        set_alias(config.register_name, config.alias, uri.rsplit("/", 1)[1],
+                  tracking_uri=config.tracking_uri)
+        log.log(logging.WARNING if config.force else logging.INFO,
+                "%s@%s -> %s (%s)", config.register_name, config.alias, uri, decision.reason)
+        return f"models:/{config.register_name}@{config.alias}"
+
     def finish(self) -> TrainResult:
-        """Best weights back, temperature fitted on the validation subset, model saved,
-        validation report, MLflow artifacts and registration (rank 0 only)."""
-        from radproto.model.classifier import fit_temperature
+        """Best weights back; temperature and abstain threshold fitted on the validation
+        subset; model saved; validation report; MLflow artifacts and registration (rank 0)."""
+        from radproto.model.calibration import catalog_probabilities, fit_temperature
+        from radproto.training.evaluate import build_report, coverage_at
 
         if self.best_state is not None:
-            _load_lora_state(self.model, self.best_state)
+            _load_weights(self.loss_module, self.best_state)
         if self.packing:  # score with the attention the service uses
-            from radproto.model.fast_train import set_attention
+            from radproto.model.kernels import set_attention
 
             set_attention(self.model, self._attention)
-        self.model.eval()
+        self.loss_module.eval()
         result = TrainResult(model_dir=None, steps=self.step, stopped=self.stopped,
                              best_val_loss=self.best_val, temperature=1.0,
                              seconds=time.perf_counter() - self.started, run_id=self.run_id,
                              throughput=self.throughput())
         if not self.dist.main:
             return result
-        classifier = self._classifier()
-        calib_rows = subsample(self.val_rows, self.config.calib_size, self.config.seed + 1)
-        val_fields = _prompt_fields(calib_rows)
+        classifier = self.classifier()
+        calib_rows = subsample(self.val_rows, self._calibration_size(), self.config.seed + 1)
         labels = np.array([self.catalog.names.index(r["label"]) for r in calib_rows])
         score_start = time.perf_counter()
-        # fp32, as the service scores: the temperature must fit the scores it will scale.
-        log_probs = classifier.catalog_log_probs(val_fields, batch_size=16)
+        # in the service's precision: the temperature must fit the scores it will scale
+        log_probs = classifier.catalog_log_probs(prompt_fields(calib_rows))
         score_seconds = time.perf_counter() - score_start
         if self.config.calibrate:
             classifier.temperature = fit_temperature(log_probs, labels)
+        probs = catalog_probabilities(log_probs, classifier.temperature)
+        threshold = self.config.abstain_threshold
+        if threshold < 0:  # derived: the lowest that keeps accepted orders accurate enough
+            _, threshold = coverage_at(probs.max(axis=1), probs.argmax(axis=1) == labels,
+                                       self.config.abstain_accuracy)
+        classifier.abstain_threshold = threshold
         result.temperature = classifier.temperature
         metadata = {
             "train": {"steps": self.step, "stopped": self.stopped,
@@ -828,10 +722,14 @@ class Trainer:
                       "budget_seconds": round(self.budget_seconds, 3),
                       "n_train": len(self.train_examples), "n_val": len(self.val_examples),
                       "lora_layers": self.config.lora_layers, "run_id": self.run_id,
+                      "seed": self.config.seed, "device": self.device,
+                      "precision": self.precision,
                       "throughput": result.throughput,
                       "calibration": {"method": "temperature scaling",
                                       "fitted_on": f"{len(calib_rows)} validation orders",
-                                      "temperature": classifier.temperature}},
+                                      "temperature": classifier.temperature,
+                                      "abstain_threshold": threshold,
+                                      "abstain_accuracy": self.config.abstain_accuracy}},
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         classifier.save(self.out_dir, metadata=metadata)
@@ -840,8 +738,6 @@ class Trainer:
         result.model_dir = self.out_dir
 
         # -- validation report (the calibration scores: no extra model passes) ----------
-        from radproto.training.evaluate import build_report
-
         report_dir = self.out_dir / "validation_report"
         metrics = build_report(
             log_probs, labels, self.catalog, temperature=classifier.temperature,
@@ -861,10 +757,10 @@ class Trainer:
         if self.tracker.enabled:
             self.tracker.log_text(self.catalog.to_json(), "catalog/catalog.json")
             self.tracker.log_text(
-                f"prompt version {PROMPT_VERSION}\n\n"
-                + render_prompt({k: "{" + k + "}" for k in ("ordered_exam", "history",
-                                                           "diagnosis", "notes")})
-                + " {protocol}<eos>\n", "prompt/prompt.txt")
+                f"prompt version {PROMPT_VERSION} (the protocol head reads its last token)"
+                "\n\n" + render_prompt({k: "{" + k + "}" for k in ("ordered_exam", "history",
+                                                                   "diagnosis", "notes")})
+                + "\n", "prompt/prompt.txt")
             self.tracker.log_dict(self.config.to_dict(), "config/train_config.json")
             self.tracker.log_dict({"temperature": classifier.temperature,
                                    "abstain_threshold": classifier.abstain_threshold,
@@ -875,26 +771,14 @@ class Trainer:
             self.tracker.set_tags({"radproto.model_version": classifier.model_version,
                                    "radproto.stopped": self.stopped})
             if self.config.register_name:
-                from radproto.training.tracking import register_model
-
-                result.registered_uri = register_model(
-                    result.model_uri, self.config.register_name,
-                    tracking_uri=self.config.tracking_uri, alias=self.config.alias,
-                    run_id=self.run_id)
+                result.registered_uri = self._register(classifier, result.model_uri)
             self.tracker.end()
         result.seconds = time.perf_counter() - self.started
         return result
 
 
-def _any_rank(flag: bool, dist_info: Dist) -> bool:
-    return bool(_all_sum([1.0 if flag else 0.0], dist_info)[0]) if dist_info.world > 1 \
-        else flag
-
-
 def _install_stop_handlers(trainer: Trainer) -> dict[int, Any]:
     """SIGINT/SIGTERM ask for a stop at the next step boundary (state stays consistent)."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous: dict[int, Any] = {}
@@ -931,11 +815,7 @@ def train(config: TrainConfig, catalog: Catalog, *, resume: bool = False,
         trainer.run()
         result = trainer.finish()
     finally:
-        if trainer.dist.world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        shutdown(trainer.dist)
     if result.model_dir is not None:
         log.info("model saved to %s (temperature %.3f)%s", result.model_dir,
                  result.temperature,
@@ -966,6 +846,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         changes["register_name"] = args.register
     if getattr(args, "alias", None):
         changes["alias"] = args.alias
+    if getattr(args, "force", False):
+        changes["force"] = True
     if getattr(args, "tracking_uri", None) is not None:
         changes["tracking_uri"] = args.tracking_uri
     if changes:
@@ -999,38 +881,6 @@ def train_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
     if result.registered_uri:
         print(f"registered: {result.registered_uri}")
     return 0
-
-
-def ensure_default_model(*, tracking_uri: str, catalog: Catalog, work_dir: str | Path,
-                         progress: bool = True, stop: threading.Event | None = None) -> str:
-    """"models:/radproto@champion" once the registry holds it, training it first if needed
-    (the default-cpu preset on the synthetic corpus, generated into work_dir).
-
-    `stop` set (the service is shutting down): training checkpoints after the step it is in
-    and raises TrainingInterrupted; the next call resumes from that checkpoint."""
-    from radproto.training.tracking import registry_has
-
-    uri = f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
-    if registry_has(uri, tracking_uri=tracking_uri):
-        return uri
-    work_dir = Path(work_dir)
-    corpus_dir = work_dir / "corpus"
-    if _split_file(corpus_dir, "train") is None:
-        from radproto.training.corpus import write_corpus
-
-        log.info("generating the synthetic corpus in %s", corpus_dir)
-        write_corpus(corpus_dir, catalog=catalog)
-    config = load_preset(DEFAULT_PRESET).replace(
-        data=[str(corpus_dir)], out_dir=str(work_dir / "model"), tracking_uri=tracking_uri,
-        register_name=DEFAULT_MODEL_NAME, alias=DEFAULT_ALIAS)
-    resume = (work_dir / "model" / CHECKPOINT_DIR / CHECKPOINT_FILE).is_file()
-
-    def stop_when_asked(step: int, trainer: Trainer) -> None:
-        if stop is not None and stop.is_set():
-            trainer.request_stop()
-
-    result = train(config, catalog, resume=resume, progress=progress, on_step=stop_when_asked)
-    return result.registered_uri or uri
 
 
 def resolve_precision(requested: str, device: str) -> str:

@@ -59,8 +59,7 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 def predict_file(model: str, input_path: str | Path, output_path: str | Path, *,
                  catalog: Catalog, batch_size: int = 16, tracking_uri: str | None = None,
                  progress: bool = True, classifier: Any = None,
-                 max_batches: int | None = None,
-                 scoring_tolerance: float = 0.0) -> dict[str, int]:
+                 max_batches: int | None = None) -> dict[str, int]:
     """Score every row not yet in the output; returns counts (total, skipped, written).
 
     `max_batches` stops after that many batches (to test resumption).
@@ -87,7 +86,6 @@ def predict_file(model: str, input_path: str | Path, output_path: str | Path, *,
         return counts
     if classifier is None:
         classifier = load_model(model, catalog=catalog, tracking_uri=tracking_uri)
-    classifier.scoring_tolerance = scoring_tolerance
     with output.open("a", encoding="utf-8") as handle, \
             tqdm(total=len(rows), initial=counts["skipped"], unit="order", desc="predict",
                  disable=not progress) as bar:
@@ -95,8 +93,7 @@ def predict_file(model: str, input_path: str | Path, output_path: str | Path, *,
             if max_batches is not None and n >= max_batches:
                 break
             suggestions = classifier.score_orders(
-                [{k: r.get(k, "") for k in ORDER_FILE_FIELDS} for _, r in batch],
-                batch_size=batch_size)
+                [{k: r.get(k, "") for k in ORDER_FILE_FIELDS} for _, r in batch])
             lines = []
             for (key, row), s in zip(batch, suggestions, strict=True):
                 lines.append(json.dumps({
@@ -126,8 +123,7 @@ def predict_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
 
     tracking_uri = args.tracking_uri if args.tracking_uri is not None else DEFAULT_TRACKING_URI
     counts = predict_file(args.model, args.input, args.output, catalog=catalog,
-                          batch_size=args.batch_size, tracking_uri=tracking_uri or None,
-                          scoring_tolerance=getattr(args, "scoring_tolerance", 0.0))
+                          batch_size=args.batch_size, tracking_uri=tracking_uri or None)
     print(f"{counts['written']} predictions written, {counts['skipped']} already present, "
           f"{counts['total']} orders in all: {args.output}")
     return 0

@@ -52,8 +52,7 @@ class RadprotoPyfunc(mlflow.pyfunc.PythonModel):
             model_input)
         rows = [{k: _text(record.get(k)) for k in ORDER_FILE_FIELDS}
                 for record in frame.to_dict("records")]
-        batch_size = int((params or {}).get("batch_size", 16))
-        suggestions = self.classifier.score_orders(rows, batch_size=batch_size)
+        suggestions = self.classifier.score_orders(rows)
         return pd.DataFrame({
             "protocol": [s.protocol for s in suggestions],
             "confidence": [float(s.confidence) for s in suggestions],
