@@ -25,7 +25,7 @@ def main() -> int:
             failed.append("bench.classifier_bench")
     else:
         print("bench.classifier_bench skipped: train the default model first "
-              "(radproto corpus --out corpus && radproto train --preset default-cpu "
+              "(radproto corpus --out corpus && radproto train --preset default "
               "--register radproto --alias champion)")
     if failed:
         print("failed: " + ", ".join(failed), file=sys.stderr)

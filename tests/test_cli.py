@@ -25,7 +25,7 @@ def test_command_line_wins_over_the_environment(monkeypatch, tmp_path):
 
 def test_boolean_flags_read_the_environment(monkeypatch):
     monkeypatch.setenv("RADPROTO_RESUME", "true")
-    args = build_parser().parse_args(["train", "--preset", "default-cpu"])
+    args = build_parser().parse_args(["train", "--preset", "default"])
     assert args.resume is True
 
 

@@ -148,7 +148,7 @@ def test_a_train_flag_wins_over_the_other_source_s_variable(clean_env):
     assert (args.config, args.preset) == (None, "tiny-test")
     args = build_parser().parse_args(["train"])
     assert str(args.config) == "/srv/train.yaml" and args.preset is None
-    clean_env.setenv("RADPROTO_PRESET", "default-cpu")
+    clean_env.setenv("RADPROTO_PRESET", "default")
     args = build_parser().parse_args(["train", "--config", "/x.yaml"])
     assert (str(args.config), args.preset) == ("/x.yaml", None)
 

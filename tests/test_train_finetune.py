@@ -224,14 +224,14 @@ def test_auto_precision_uses_bf16_only_where_the_cpu_has_it() -> None:
 def test_every_shipped_preset_loads() -> None:
     from radproto.training.config import preset_names
 
-    assert {"default-cpu", "tiny-test", "gpu-7b"} <= set(preset_names())
+    assert {"default", "tiny-test", "gpu-7b"} <= set(preset_names())
     configs = {name: load_preset(name) for name in preset_names()}
     gpu = configs["gpu-7b"]
     assert (gpu.packing, gpu.quantization, gpu.batch_size) == ("auto", "auto", 32)
 
 
 def test_schedule_warms_up_then_decays() -> None:
-    config = load_preset("default-cpu").replace(warmup_steps=10, learning_rate=1e-3,
+    config = load_preset("default").replace(warmup_steps=10, learning_rate=1e-3,
                                                 min_lr_ratio=0.1)
     assert learning_rate(0.0, 0, config) < learning_rate(0.0, 9, config) < 1e-3
     assert learning_rate(0.0, 10, config) == pytest.approx(1e-3)
@@ -267,7 +267,7 @@ def test_config_file_errors_name_file_line_and_field(tmp_path: Path) -> None:
 
 
 def test_set_overrides_are_typed_and_checked() -> None:
-    config = apply_overrides(load_preset("default-cpu"),
+    config = apply_overrides(load_preset("default"),
                              ["learning_rate=3e-4", "group_by_length=false", "lora_layers=4"])
     assert (config.learning_rate, config.group_by_length, config.lora_layers) == \
         (3e-4, False, 4)

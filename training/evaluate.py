@@ -451,7 +451,7 @@ def default_corpus_train_rows(catalog: Catalog) -> list[dict[str, Any]]:
     from radproto.training.orderfile import read_orders
 
     with tempfile.TemporaryDirectory(prefix="radproto-corpus-") as scratch:
-        write_corpus(scratch, catalog=catalog)
+        write_corpus(scratch, catalog=catalog, baseline=False)
         return read_orders(Path(scratch) / "train.jsonl", require_label=True)
 
 

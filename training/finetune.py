@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.pt"
-DEFAULT_PRESET = "default-cpu"
+DEFAULT_PRESET = "default"
 _FINISH_SECONDS = 45.0  # saving, the validation report's baseline and MLflow logging
 
 
