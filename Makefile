@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make serve   runs the adapter service on its embedded defaults
-#   make test    runs ruff and the whole test suite
+#   make test    runs ruff, the import contracts (lint-imports) and the whole test suite
 # Both create and fill .venv first (pinned versions; torch from the local CPU build).
 
 PYTHON ?= python3
@@ -11,7 +11,7 @@ NODE_STAMP := tests/peers/node_modules/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: serve test lint bench venv
+.PHONY: serve test lint lint-imports bench venv
 
 venv: $(STAMP)
 
@@ -39,8 +39,19 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -q && apt-get install -y chromium chromium-driver
 
+# import-linter cannot walk the `radproto` namespace in place (its parts sit at the top of the
+# repository): it runs in build/import-view/, links shaped like the installed package.
+IMPORT_VIEW := build/import-view
+
+lint-imports: $(STAMP)
+	rm -rf $(IMPORT_VIEW) && mkdir -p $(IMPORT_VIEW)/radproto
+	for f in radproto/*.py; do ln -s ../../../$$f $(IMPORT_VIEW)/radproto/; done
+	for p in adapter fhir_mappings model training; do ln -s ../../../$$p $(IMPORT_VIEW)/radproto/$$p; done
+	cd $(IMPORT_VIEW) && ../../$(BIN)/lint-imports --config ../../pyproject.toml --no-cache
+
 test: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
+	$(MAKE) lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -284,33 +284,3 @@ def _uuidish(value: str) -> str:
     import uuid
 
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "radproto-audit:" + value))
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def audit_from_cli(args: Any) -> int:
-    """`radproto audit`: print matching events as a table, JSON lines or a FHIR Bundle."""
-    from radproto.adapter.settings import settings_from_cli
-    from radproto.adapter.store import open_store
-    from radproto.model.errors import ConfigError
-
-    try:
-        since = parse_since(args.since)
-    except ValueError as exc:
-        raise ConfigError(str(exc), field="--since") from exc
-    store = open_store(settings_from_cli(args).store)
-    try:
-        rows = query(store, since=since, actor=args.actor, entity=args.entity,
-                     action=args.action, limit=args.limit)
-    finally:
-        store.close()
-    if args.format == "json":
-        text = format_json(rows)
-    elif args.format == "fhir":
-        text = json.dumps(to_fhir_bundle(rows), indent=2)
-    else:
-        text = format_table(rows)
-    if text:
-        print(text)
-    return 0

@@ -18,10 +18,10 @@ from fastapi import Depends, Request
 
 if TYPE_CHECKING:
     from radproto.adapter.cds_hooks import SuggestionCache
-    from radproto.adapter.fhir_client import FhirClient, FhirOutboxRelay, FhirSettings
+    from radproto.adapter.fhir_client import FhirClient, FhirSettings
     from radproto.adapter.fhir_routes import FhirApi
     from radproto.adapter.hl7_listener import MllpListener
-    from radproto.adapter.outbox import OutboxRelay
+    from radproto.adapter.outbox import FhirOutboxRelay, OutboxRelay
     from radproto.adapter.pipeline import Classifier
     from radproto.adapter.security import SecurityState
     from radproto.adapter.settings import ServiceSettings

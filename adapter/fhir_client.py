@@ -10,20 +10,17 @@ back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from radproto.adapter.outbox import backoff_seconds  # the MLLP relay's retry schedule
 from radproto.adapter.smart_auth import SmartAuthError
 from radproto.fhir_mappings.fhir import relative_reference
 from radproto.fhir_mappings.fhir_task import business_status, suggestion_to_provenance
@@ -361,77 +358,6 @@ def verdict_payload(identifier: dict[str, Any], *, status: str, business: str,
     return json.dumps({"verdict": {"identifier": identifier, "status": status,
                                    "business": business, "output": output,
                                    "reason": reason}})
-
-
-class FhirOutboxRelay:
-    """Sends the store's "fhir" outbox rows in order; a server that is down loses nothing.
-
-    A transient failure puts the row back with a growing delay (never dropped); a permanent
-    one (a 4xx the server will answer again) marks it failed after `max_permanent_attempts`.
-    """
-
-    def __init__(self, store: Any, client: FhirClient, *, worker_id: str = "fhir-relay",
-                 idle_sleep: float = 0.5, max_delay: float = 60.0,
-                 max_permanent_attempts: int = 3) -> None:
-        self.store = store
-        self.client = client
-        self.worker_id = worker_id
-        self.idle_sleep = idle_sleep
-        self.max_delay = max_delay
-        self.max_permanent_attempts = max_permanent_attempts
-        self._stop = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = await self.run_once()
-            except Exception as exc:  # the store is down, say: keep relaying once it is back
-                log.warning("fhir outbox relay: %s", type(exc).__name__)
-                busy = False
-            if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.idle_sleep)
-
-    async def run_once(self) -> bool:
-        """Send one row if one is due; True if a row was handled."""
-        row = await asyncio.to_thread(self.store.claim_outbox, OUTBOX_KIND,
-                                      worker_id=self.worker_id)
-        if row is None:
-            return False
-        try:
-            data = json.loads(row.payload)
-            if "retract" in data:
-                retract = data["retract"]
-                task_ref = await self.client.retract_task(retract["identifier"],
-                                                          retract["business"])
-                detail = f"{task_ref or 'no Task'} cancelled ({retract['business']})"
-            elif "verdict" in data:
-                verdict = data["verdict"]
-                task_ref = await self.client.record_verdict(verdict["identifier"], verdict)
-                detail = f"{task_ref or 'no Task'} {verdict['business']}"
-            else:
-                result = await self.client.write_suggestion(
-                    data.get("task"), Suggestion.model_validate(data["suggestion"]),
-                    service_request_ref=data.get("service_request_ref", ""),
-                    annotation=data.get("annotation"))
-                detail = f"{result.task_ref} {result.provenance_ref}"
-        except FhirClientError as exc:
-            permanent = not exc.retryable and row.attempts >= self.max_permanent_attempts
-            retry_at = None if permanent else datetime.now(UTC) + timedelta(
-                seconds=backoff_seconds(row.attempts, 1.0, self.max_delay))
-            log.warning("fhir outbox %s failed (attempt %s): %s", row.id, row.attempts, exc)
-            await asyncio.to_thread(self.store.mark_outbox_failed, row.id, str(exc),
-                                    retry_at=retry_at)
-            return True
-        except (ValueError, KeyError) as exc:  # a malformed row never becomes valid
-            await asyncio.to_thread(self.store.mark_outbox_failed, row.id,
-                                    f"bad outbox payload: {exc}", retry_at=None)
-            return True
-        await asyncio.to_thread(self.store.mark_outbox_sent, row.id, detail=detail)
-        return True
 
 
 def _json_or_none(response: httpx.Response) -> dict | None:

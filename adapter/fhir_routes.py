@@ -37,11 +37,11 @@ from radproto.adapter.fhir_client import (
     OUTBOX_KIND,
     FhirClient,
     FhirClientError,
-    FhirOutboxRelay,
     FhirSettings,
     outbox_payload,
     retraction_payload,
 )
+from radproto.adapter.outbox import FhirOutboxRelay
 from radproto.adapter.store import (
     OutboxItem,
     OutboxRow,

@@ -1,4 +1,8 @@
-"""The outbox relay: sends stored write-backs over MLLP, in order, until each is acknowledged.
+"""The outbox relays: stored write-backs sent in order until each is acknowledged, retried with
+one backoff (`backoff_seconds`). `OutboxRelay` sends "mllp" rows over MLLP; `FhirOutboxRelay`
+sends "fhir" rows (Task + Provenance, retractions, verdicts) through a FhirClient.
+
+MLLP:
 
 AA/CA: sent. AE/AR/CE/CR: failed for good (recorded with the destination's text).
 No connection or no ACK: retried with exponential backoff; the row stays in the store, so a
@@ -10,17 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from radproto.adapter.fhir_client import OUTBOX_KIND, FhirClient, FhirClientError
 from radproto.adapter.mllp_client import MllpClient, TransientSendError
 from radproto.adapter.observability import WRITEBACK_FAILURES
 from radproto.adapter.pipeline import log_event
 from radproto.adapter.store import OutboxRow, Store, StoreUnavailable
+from radproto.model.suggestion import Suggestion
 
 log = logging.getLogger("radproto.outbox")
+fhir_log = logging.getLogger("radproto.fhir_client")  # the FHIR relay logs as before
 
 
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
@@ -127,3 +136,74 @@ class OutboxRelay:
 def _default_client(destination: str) -> MllpClient:
     host, _, port = destination.rpartition(":")
     return MllpClient(host, int(port))
+
+
+class FhirOutboxRelay:
+    """Sends the store's "fhir" outbox rows in order; a server that is down loses nothing.
+
+    A transient failure puts the row back with a growing delay (never dropped); a permanent
+    one (a 4xx the server will answer again) marks it failed after `max_permanent_attempts`.
+    """
+
+    def __init__(self, store: Any, client: FhirClient, *, worker_id: str = "fhir-relay",
+                 idle_sleep: float = 0.5, max_delay: float = 60.0,
+                 max_permanent_attempts: int = 3) -> None:
+        self.store = store
+        self.client = client
+        self.worker_id = worker_id
+        self.idle_sleep = idle_sleep
+        self.max_delay = max_delay
+        self.max_permanent_attempts = max_permanent_attempts
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = await self.run_once()
+            except Exception as exc:  # the store is down, say: keep relaying once it is back
+                fhir_log.warning("fhir outbox relay: %s", type(exc).__name__)
+                busy = False
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.idle_sleep)
+
+    async def run_once(self) -> bool:
+        """Send one row if one is due; True if a row was handled."""
+        row = await asyncio.to_thread(self.store.claim_outbox, OUTBOX_KIND,
+                                      worker_id=self.worker_id)
+        if row is None:
+            return False
+        try:
+            data = json.loads(row.payload)
+            if "retract" in data:
+                retract = data["retract"]
+                task_ref = await self.client.retract_task(retract["identifier"],
+                                                          retract["business"])
+                detail = f"{task_ref or 'no Task'} cancelled ({retract['business']})"
+            elif "verdict" in data:
+                verdict = data["verdict"]
+                task_ref = await self.client.record_verdict(verdict["identifier"], verdict)
+                detail = f"{task_ref or 'no Task'} {verdict['business']}"
+            else:
+                result = await self.client.write_suggestion(
+                    data.get("task"), Suggestion.model_validate(data["suggestion"]),
+                    service_request_ref=data.get("service_request_ref", ""),
+                    annotation=data.get("annotation"))
+                detail = f"{result.task_ref} {result.provenance_ref}"
+        except FhirClientError as exc:
+            permanent = not exc.retryable and row.attempts >= self.max_permanent_attempts
+            retry_at = None if permanent else datetime.now(UTC) + timedelta(
+                seconds=backoff_seconds(row.attempts, 1.0, self.max_delay))
+            fhir_log.warning("fhir outbox %s failed (attempt %s): %s", row.id, row.attempts, exc)
+            await asyncio.to_thread(self.store.mark_outbox_failed, row.id, str(exc),
+                                    retry_at=retry_at)
+            return True
+        except (ValueError, KeyError) as exc:  # a malformed row never becomes valid
+            await asyncio.to_thread(self.store.mark_outbox_failed, row.id,
+                                    f"bad outbox payload: {exc}", retry_at=None)
+            return True
+        await asyncio.to_thread(self.store.mark_outbox_sent, row.id, detail=detail)
+        return True

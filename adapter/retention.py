@@ -107,22 +107,3 @@ async def run_periodic(store: Any, older_than_days: float, interval_seconds: flo
             log.warning("retention purge failed", extra={"error_type": type(exc).__name__})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_seconds)
-
-
-def purge_from_cli(args: Any) -> int:
-    """`radproto purge --older-than-days N`."""
-    from radproto.adapter.audit import harden_audit_table
-    from radproto.adapter.settings import settings_from_cli
-    from radproto.adapter.store import open_store
-    from radproto.model.errors import ConfigError
-
-    if args.older_than_days < 0:
-        raise ConfigError("must be 0 or more", field="--older-than-days")
-    store = open_store(settings_from_cli(args).store)
-    try:
-        harden_audit_table(store)
-        result = purge(store, args.older_than_days)
-    finally:
-        store.close()
-    print(result.summary())
-    return 0

@@ -352,13 +352,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from radproto.adapter.audit import audit_from_cli
+    from radproto.adapter.commands import audit_from_cli
 
     return audit_from_cli(args)
 
 
 def _purge(args: argparse.Namespace) -> int:
-    from radproto.adapter.retention import purge_from_cli
+    from radproto.adapter.commands import purge_from_cli
 
     return purge_from_cli(args)
 

@@ -17,10 +17,10 @@ from test_fhir_mapping import CATALOG, PATIENT, full_service_request, make_sugge
 from radproto.adapter.fhir_client import (
     FhirClient,
     FhirClientError,
-    FhirOutboxRelay,
     outbox_payload,
     retraction_payload,
 )
+from radproto.adapter.outbox import FhirOutboxRelay
 from radproto.fhir_mappings.fhir import (
     service_request_to_order,
     suggestion_to_annotation,

@@ -161,7 +161,7 @@ async def test_store_unavailable_gets_no_positive_ack(store):
 
 
 async def test_postgres_down_gets_no_positive_ack():
-    from radproto.adapter.store_postgres import PostgresStore
+    from radproto.adapter.store.postgres import PostgresStore
 
     down = PostgresStore("postgresql://postgres@127.0.0.1:1/test", connect_timeout_s=1)
     lst = await MllpListener(MessageHandler(down), port=0).start()

@@ -197,7 +197,7 @@ def test_closed_store_is_unavailable(store):
 
 
 def test_unreachable_postgres_is_unavailable():
-    from radproto.adapter.store_postgres import PostgresStore
+    from radproto.adapter.store.postgres import PostgresStore
 
     down = PostgresStore("postgresql://postgres@127.0.0.1:1/test", connect_timeout_s=1)
     with pytest.raises(StoreUnavailable):
