@@ -87,10 +87,10 @@ class Server:
         self.context = ServiceContext(settings=ServiceSettings(store=url), store=self.store,
                                       catalog=classifier.catalog, classifier=classifier,
                                       model_status="ready")
-        self.context.extra["fhir_settings"] = fhir
+        self.context.fhir_settings = fhir
         pipeline = Pipeline(self.store, classifier)
         self.context.worker = Worker(self.store, pipeline, poll_s=0.05, batch_size=16).start()
-        app = create_app(self.context, extensions=["radproto.adapter.fhir_routes"])
+        app = create_app(self.context, parts=("fhir",))
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", access_log=False))

@@ -96,9 +96,9 @@ async def test_prefetched_patient_reaches_the_model(tmp_path):
     seen = []
 
     class Spy(KeywordClassifier):
-        def score_orders(self, orders, *, batch_size=16):
+        def score_orders(self, orders):
             seen.extend(orders)
-            return super().score_orders(orders, batch_size=batch_size)
+            return super().score_orders(orders)
 
     svc = Service(tmp_path, classifier=Spy())
     try:
@@ -115,9 +115,9 @@ async def test_concurrent_hook_calls_share_one_model_pass(tmp_path):
     batches = []
 
     class Spy(KeywordClassifier):
-        def score_orders(self, orders, *, batch_size=16):
+        def score_orders(self, orders):
             batches.append(len(orders))
-            return super().score_orders(orders, batch_size=batch_size)
+            return super().score_orders(orders)
 
     svc = Service(tmp_path, fhir=FhirSettings(cds_batch_wait_ms=300), classifier=Spy())
     try:

@@ -46,7 +46,7 @@ def test_precedence_flags_env_file(tmp_path, monkeypatch):
 def test_the_documented_example_config_loads():
     example = Path(__file__).resolve().parents[1] / "docs" / "radproto.example.yaml"
     s = load_settings(example)
-    assert s.scoring_batch_tokens == 4096 and s.compile_kernels is False
+    assert s.scoring_batch_tokens == 32768 and s.compile_kernels is False
 
 
 def test_bad_config_file_names_line_and_field(tmp_path):

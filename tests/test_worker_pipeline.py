@@ -96,11 +96,11 @@ def test_third_party_samples_are_classified(store):
 
 def test_model_failure_keeps_the_message_for_a_retry(store):
     class Broken(KeywordClassifier):
-        def score_orders(self, orders, *, batch_size=16):
+        def score_orders(self, orders):
             raise RuntimeError("CUDA out of memory")
 
     class Short(KeywordClassifier):
-        def score_orders(self, orders, *, batch_size=16):
+        def score_orders(self, orders):
             return []  # a model that loses orders is a model failure too
 
     _accept(store, orm_message("f1", placer="F1"))
