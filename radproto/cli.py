@@ -139,13 +139,12 @@ def _command(subparsers, name: str, help_text: str, handler: Callable[[argparse.
 
 
 # What the service's default model is, today. (Keep it true: it is the one place that says.)
-_SERVE_MODEL = ("a model directory, models:/NAME@ALIAS, models:/NAME/N or 'embedded' (the "
-                "untuned base model). Default: models:/radproto@champion from the MLflow "
-                "registry (tracking_uri, default sqlite:///mlflow.db); when the registry has "
-                "none, the first start trains it (the default-cpu preset on the synthetic "
-                "corpus: about 15 minutes on 2 CPU cores, with a progress bar), registers it "
-                "and reuses it from then on; orders are acknowledged and queued meanwhile. "
-                "A stop during that training checkpoints it; the next start resumes.")
+_SERVE_MODEL = ("a model directory, models:/NAME@ALIAS, models:/NAME/N, 'default' (the "
+                "model shipped with radproto) or 'embedded' (the untuned base model). "
+                "Default: models:/radproto@champion from the MLflow registry (tracking_uri, "
+                "default sqlite:///mlflow.db) when a site has registered one, else the "
+                "shipped model, which loads in seconds; the service follows the champion "
+                "alias and switches to it once one is registered.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    help="training config file (YAML)"),
                "RADPROTO_TRAIN_CONFIG")
     source.add_argument("--preset", default=None,
-                        help="a named preset, e.g. 'default-cpu' or 'tiny-test' "
+                        help="a named preset, e.g. 'default', 'gpu-7b' or 'tiny-test' "
                              "(exactly one of --config, --preset)")
     p.add_argument("--data", type=Path, action="append", default=None, env_sep=os.pathsep,
                    help="a corpus directory or order file (repeatable; in the variable "
@@ -184,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", default=None, help="register the model under this name")
     p.add_argument("--alias", default=None, help="set this alias on the registered version")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="move the alias even if the new model is worse on the development "
+                        "set than the model holding it (logged)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    env_sep=";", help="override one config field, e.g. --set epochs=2 "
