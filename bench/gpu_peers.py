@@ -150,7 +150,7 @@ def trl_padding_free(model_dir: Path, rows: list[dict[str, Any]], *, steps: int,
         max_steps=steps, learning_rate=2e-4, warmup_steps=5, bf16=True,
         gradient_checkpointing=True, optim="paged_adamw_8bit", logging_steps=1,
         report_to=[], save_strategy="no", seed=13, padding_free=True,
-        completion_only_loss=True, max_length=256, dataloader_num_workers=0)
+        completion_only_loss=True, max_length=None, dataloader_num_workers=0)
     torch.manual_seed(13)
     trainer = SFTTrainer(
         model=_quantized_model(model_dir), args=config, train_dataset=data,
