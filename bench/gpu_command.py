@@ -411,7 +411,8 @@ def report(paths: list[Path], write_docs: bool) -> None:
             "`python -m bench.gpu_command report ... --write-docs` rewrites this "
             "section.")
         dates = sorted(d.get("environment", {}).get("date", "") for d in results)
-        write_section(SECTION, "GPU: `radproto train`, its peers and the loaded classifier (7B, NF4)",
+        write_section(SECTION,
+                      "GPU: `radproto train`, its peers and the loaded classifier (7B, NF4)",
                       intro + "\n\n" + body,
                       measured=f"{dates[0]} to {dates[-1]}" if dates[0] else None)
 
