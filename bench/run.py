@@ -1,6 +1,6 @@
 """Run every CPU benchmark; each prints its table and rewrites its section of docs/benchmarks.md.
 
-The GPU benchmark runs on a GPU machine: `python -m bench.gpu_bench` (see bench/GPU_NOTES.md).
+The GPU benchmark runs on a GPU machine: `python -m bench.gpu_command run` (bench/GPU_NOTES.md).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ["bench.mllp_bench", "bench.fhir_bench"]
+BENCHMARKS = ["bench.mllp_bench", "bench.fhir_bench", "bench.classifier_bench"]
 
 
 def main() -> int:
@@ -19,14 +19,6 @@ def main() -> int:
         print(f"== {module}", flush=True)
         if subprocess.run([sys.executable, "-m", module], cwd=ROOT).returncode != 0:
             failed.append(module)
-    if (ROOT / "mlflow.db").exists() and (ROOT / "corpus").exists():
-        print("== bench.classifier_bench", flush=True)
-        if subprocess.run([sys.executable, "-m", "bench.classifier_bench"], cwd=ROOT).returncode:
-            failed.append("bench.classifier_bench")
-    else:
-        print("bench.classifier_bench skipped: train the default model first "
-              "(radproto corpus --out corpus && radproto train --preset default "
-              "--register radproto --alias champion)")
     if failed:
         print("failed: " + ", ".join(failed), file=sys.stderr)
     return 1 if failed else 0
