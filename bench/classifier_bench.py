@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -35,6 +36,7 @@ def _tree_scoring(commit: str) -> types.ModuleType:
     source = subprocess.run(["git", "show", f"{commit}:model/scoring.py"], cwd=ROOT,
                             check=True, capture_output=True, text=True).stdout
     module = types.ModuleType("radproto_tree_scoring")
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
     exec(compile(source, f"{commit}:model/scoring.py", "exec"), module.__dict__)
     return module
 
