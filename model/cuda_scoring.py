@@ -20,13 +20,7 @@ from typing import Any
 import numpy as np
 
 from radproto.model.errors import ModelError
-from radproto.model.scoring import last_hidden_states, length_batches, padded_ids
-
-
-def _log_probs(model: Any, head: Any, ids: Any, lengths: Any) -> Any:
-    import torch
-
-    return torch.log_softmax(head(last_hidden_states(model, ids, lengths)), dim=-1)
+from radproto.model.scoring import catalog_log_softmax, length_batches, padded_ids
 
 
 @dataclass
@@ -52,7 +46,7 @@ class BatchedScorer:
                 ids, lens = padded_ids([prompts[i] for i in group], self.pad_token_id)
                 if device.type == "cuda":  # pinning needs an accelerator
                     ids = ids.pin_memory()
-                result = _log_probs(self.model, self.head,
+                result = catalog_log_softmax(self.model, self.head,
                                     ids.to(device, non_blocking=True),
                                     lens.to(device, non_blocking=True))
                 out[group] = result.double().cpu().numpy()
@@ -90,7 +84,7 @@ class GraphedScorer:
         side.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(side):
             for _ in range(2):  # warm-up: lazy initialisation stays out of the graph
-                _log_probs(self.model, self.head, ids, lens)
+                catalog_log_softmax(self.model, self.head, ids, lens)
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
@@ -98,7 +92,7 @@ class GraphedScorer:
         # One pool for every bucket: replays never overlap (the lock) and each output is
         # copied out at once, so all buckets cost about one graph's memory.
         with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
-            out = _log_probs(self.model, self.head, ids, lens)
+            out = catalog_log_softmax(self.model, self.head, ids, lens)
         return graph, ids, lens, out
 
     def log_probs_one(self, prompt: Sequence[int]) -> np.ndarray:

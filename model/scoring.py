@@ -113,6 +113,14 @@ def padded_ids(prompts: Sequence[Sequence[int]], pad_token_id: int, width: int |
     return ids, torch.as_tensor(lengths, dtype=torch.long)
 
 
+def catalog_log_softmax(model: Any, head: Any, input_ids: Any, lengths: Any) -> Any:
+    """[B, n_protocols] log-softmax of the head over each right-padded row's last token: the
+    one read-out of every scoring path (CPU batches, CUDA batches, CUDA graphs)."""
+    import torch
+
+    return torch.log_softmax(head(last_hidden_states(model, input_ids, lengths)), dim=-1)
+
+
 def head_log_probs(model: Any, head: Any, prompts: Sequence[Sequence[int]], *,
                    pad_token_id: int, max_tokens: int = CPU_BATCH_TOKENS) -> np.ndarray:
     """[len(prompts), n_protocols] float64 log-probabilities over the catalog, input order."""
@@ -125,7 +133,6 @@ def head_log_probs(model: Any, head: Any, prompts: Sequence[Sequence[int]], *,
     with torch.inference_mode(), mask_capable_attention(model):
         for group in length_batches([len(p) for p in prompts], max_tokens):
             ids, lengths = padded_ids([prompts[i] for i in group], pad_token_id)
-            hidden = last_hidden_states(model, ids.to(device), lengths.to(device))
-            logits = head(hidden)
-            out[group] = torch.log_softmax(logits, dim=-1).double().cpu().numpy()
+            result = catalog_log_softmax(model, head, ids.to(device), lengths.to(device))
+            out[group] = result.double().cpu().numpy()
     return out
