@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from radproto.adapter.smart_auth import SmartAuthError
 from radproto.fhir_mappings.fhir import relative_reference
 from radproto.fhir_mappings.fhir_task import business_status, suggestion_to_provenance
-from radproto.model.errors import RadprotoError
+from radproto.model.errors import InterfaceError
 from radproto.model.suggestion import Suggestion
 
 log = logging.getLogger("radproto.fhir_client")
@@ -68,7 +68,7 @@ class FhirSettings(BaseModel):
     subscription_lookback_s: float = Field(default=86400.0, gt=0)
 
 
-class FhirClientError(RadprotoError):
+class FhirClientError(InterfaceError):
     """A FHIR request failed. `retryable` tells the outbox whether to try again later."""
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from radproto.model.errors import InterfaceError
+
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c"
 CARRIAGE_RETURN = b"\x0d"
@@ -17,7 +19,7 @@ CARRIAGE_RETURN = b"\x0d"
 OVERSIZE_HEAD_BYTES = 4096
 
 
-class FramingError(Exception):
+class FramingError(InterfaceError):
     """Bytes that break MLLP framing. Returned as an event by the decoder; raised by `frame`."""
 
 

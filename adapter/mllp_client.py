@@ -13,12 +13,13 @@ import ssl
 from dataclasses import dataclass
 
 from radproto.adapter.mllp import Frame, FrameDecoder, OversizedFrame, frame
+from radproto.model.errors import InterfaceError
 
 POSITIVE_ACKS = frozenset({"AA", "CA"})
 NEGATIVE_ACKS = frozenset({"AE", "AR", "CE", "CR"})
 
 
-class TransientSendError(Exception):
+class TransientSendError(InterfaceError):
     """The message may not have arrived: send it again later."""
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import httpx
 import jwt
 
-from radproto.model.errors import ConfigError, RadprotoError
+from radproto.model.errors import ConfigError, InterfaceError
 
 log = logging.getLogger("radproto.smart")
 
@@ -30,7 +30,7 @@ DEFAULT_SCOPE = "system/Task.write system/Provenance.write system/ServiceRequest
 Algorithm = Literal["RS384", "ES384"]
 
 
-class SmartAuthError(RadprotoError):
+class SmartAuthError(InterfaceError):
     """Discovery or the token request failed (the server's error code is kept)."""
 
     def __init__(self, message: str, *, error: str = "", status: int | None = None):

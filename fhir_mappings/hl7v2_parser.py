@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from radproto.model.errors import MappingError
+
 #: Delimiters every message radproto writes uses.
 STANDARD_ENCODING = "^~\\&"
 
@@ -18,7 +20,7 @@ _SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _HEX = re.compile(r"^[0-9A-Fa-f]*$")
 
 
-class ParseError(ValueError):
+class ParseError(MappingError):
     """The text is not an HL7 v2 message (no usable MSH, bad delimiters)."""
 
     def __init__(self, message: str, *, field: int | None = None):

@@ -35,6 +35,7 @@ from radproto.adapter.security.sessions import SessionManager
 from radproto.adapter.security.settings import (
     SecuritySettings,
 )
+from radproto.fhir_mappings.fhir_validate import operation_outcome
 
 _log = logging.getLogger("radproto.http")
 
@@ -60,11 +61,6 @@ def flat_routes(app_or_router: Any) -> list[Any]:
     except ImportError:  # an older FastAPI flattens on include_router
         return routes
     return list(iter_route_contexts(routes))
-
-
-def operation_outcome(status: int, code: str, diagnostics: str) -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]}
 
 
 def _action(method: str, rule_path: str, entity_id: str) -> str:
@@ -225,7 +221,8 @@ class SecurityMiddleware:
                         replaced = True
                         outcome["status"] = 503
                         await _send_json(send, 503, operation_outcome(
-                            503, "transient", "the audit trail is unavailable; try again"),
+                            None, code="transient",
+                            text="the audit trail is unavailable; try again"),
                             request_id)
                         return
                 headers.append((b"x-request-id", request_id.encode()))
@@ -278,8 +275,8 @@ class SecurityMiddleware:
             await send({"type": "websocket.close", "code": 1008})
         else:
             code = {401: "login", 403: "forbidden"}.get(status, "transient")
-            await _send_json(send, status, operation_outcome(status, code, message), request_id,
-                             extra_headers)
+            await _send_json(send, status, operation_outcome(None, code=code, text=message),
+                             request_id, extra_headers)
         if status in (401, 403) and self.store is not None:
             # Denials are security events: recorded best effort (a down store must not turn a
             # 401 into something else).

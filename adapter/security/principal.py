@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from radproto.model.errors import RadprotoError
+
 #: The roles of the issue: integration systems submit orders, radiologists read and decide,
 #: admins configure and read the audit trail.
 ROLES: tuple[str, ...] = ("integration", "radiologist", "admin")
@@ -20,7 +22,7 @@ class Principal:
     issuer: str = ""
 
 
-class AuthError(Exception):
+class AuthError(RadprotoError):
     """Authentication failed (401) or the JWKS could not be fetched (503). `reason` is a short
     machine-readable word for logs and metrics; the message is safe to show the caller."""
 
