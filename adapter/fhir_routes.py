@@ -113,7 +113,7 @@ class FhirWriteback:
     mode: Literal["task", "note", "both"] = "task"
 
     def __call__(self, message: StoredMessage, order: Order, suggestion: Suggestion,
-                 catalog: Catalog) -> list[OutboxItem]:
+                 catalog: Catalog, *, header: object = None) -> list[OutboxItem]:
         if message.content_type != FHIR_JSON:
             return []
         sr_ref, patient_ref = order_refs(order)

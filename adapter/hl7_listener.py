@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import logging
 import ssl
@@ -94,14 +93,15 @@ class MessageHandler:
         started = time.perf_counter()
         text = hl7v2.normalize_segments(hl7v2.decode_message(payload, self.default_charset))
         try:
-            header = hl7v2.parse_header(text)
+            message = hl7v2.parse_message(text)  # parsed once here; the worker parses its own
         except HL7Error as exc:
             log_event(log, "message_rejected", logging.WARNING, code=exc.code,
                       control_id=exc.header.control_id if exc.header else "")
             return self._nak(exc.header, exc, commit=True)
+        header = hl7v2.header_of(message)
         try:
             # Validation only (the worker maps it again): content errors are answered now.
-            hl7v2.message_to_order(text)
+            hl7v2.message_to_order(message)
         except HL7Error as exc:
             log_event(log, "message_rejected", logging.WARNING, code=exc.code,
                       control_id=header.control_id, reject=exc.reject,
@@ -192,7 +192,6 @@ class MllpListener:
     def __init__(self, handler: MessageHandler, *, host: str = "127.0.0.1", port: int = 2575,
                  ssl_context: ssl.SSLContext | None = None, max_message_bytes: int = 1_048_576,
                  idle_timeout_s: float = 300.0, shutdown_grace_s: float = 10.0,
-                 allow: list[str] | None = None,
                  peer_filter: Callable[[Any], bool] | None = None) -> None:
         self.handler = handler
         self.host = host
@@ -201,8 +200,8 @@ class MllpListener:
         self.max_message_bytes = max_message_bytes
         self.idle_timeout_s = idle_timeout_s
         self.shutdown_grace_s = shutdown_grace_s
-        self.allow = [ipaddress.ip_network(a, strict=False) for a in (allow or [])]
-        self.peer_filter = peer_filter  # e.g. auth.MllpGuard.allowed (gets the peername)
+        # The one allow-list: security.MllpGuard.allowed (gets the peername).
+        self.peer_filter = peer_filter
         self.connections: set[ConnectionState] = set()
         self._tasks: set[asyncio.Task] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -240,15 +239,6 @@ class MllpListener:
         await self._server.wait_closed()
         log_event(log, "mllp_stopped")
 
-    def _allowed(self, peer: str) -> bool:
-        if not self.allow:
-            return True
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in net for net in self.allow)
-
     async def _on_connect(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -257,8 +247,7 @@ class MllpListener:
         peername = writer.get_extra_info("peername") or ("?", 0)
         conn = ConnectionState(peer=str(peername[0]), writer=writer,
                                decoder=FrameDecoder(self.max_message_bytes))
-        allowed = self._allowed(conn.peer) and (self.peer_filter is None
-                                                or self.peer_filter(peername))
+        allowed = self.peer_filter is None or self.peer_filter(peername)
         if self._stopping or not allowed:
             log_event(log, "mllp_refused", peer=conn.peer, stopping=self._stopping)
             writer.close()
@@ -325,14 +314,3 @@ class MllpListener:
         except Exception:
             conn.writer.write(frame(data.replace(b"\x0b", b" ").replace(b"\x1c", b" ")))
         await conn.writer.drain()
-
-
-def server_ssl_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
-    """TLS for the listener; with client_ca, clients must present a certificate (mutual TLS)."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if client_ca:
-        context.load_verify_locations(client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context

@@ -46,15 +46,24 @@ def set_hash_key(key: str | bytes | None) -> None:
         _hash_key_configured = True
 
 
+class HashedId(str):
+    """An identifier already hashed: hashing it again returns it as it is, so a field the
+    caller hashed (to keep the raw value out of the log record) is not hashed twice."""
+
+    __slots__ = ()
+
+
 def hash_identifier(value: object, *, key: str | bytes | None = None) -> str:
     """A keyed, truncated hash of an identifier (MRN, order number, user): the same value
     hashes the same at one site, and without the site's key it cannot be reversed by trying
-    all MRNs. Empty values stay empty."""
+    all MRNs. Empty values stay empty; a `HashedId` is returned unchanged."""
     if value is None or value == "":
         return ""
+    if isinstance(value, HashedId):
+        return value
     secret = (key.encode() if isinstance(key, str) else key) if key else _hash_key
     digest = hmac.new(secret, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
-    return "h:" + digest[:16]
+    return HashedId("h:" + digest[:16])
 
 
 # ---------------------------------------------------------------------------- scrubbing

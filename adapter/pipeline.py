@@ -4,19 +4,16 @@ store's one transaction. Knows nothing of sockets or threads (the worker drives 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from radproto.adapter import audit
-from radproto.adapter.observability import observe_suggestion
+from radproto.adapter.observability import hash_identifier, observe_suggestion
 from radproto.adapter.store import (
     OutboxItem,
     OutboxRow,
@@ -26,7 +23,14 @@ from radproto.adapter.store import (
 )
 from radproto.fhir_mappings import hl7v2
 from radproto.fhir_mappings.fhir_bundle import FHIR_JSON, stored_bundle_to_order
-from radproto.fhir_mappings.hl7v2 import message_to_order, parse_header, suggestion_to_message
+from radproto.fhir_mappings.hl7v2 import (
+    MessageHeader,
+    header_of,
+    message_to_order,
+    parse_header,
+    parse_message,
+    suggestion_to_message,
+)
 from radproto.fhir_mappings.hl7v2_outbound import verdict_to_message
 from radproto.model.catalog import Catalog
 from radproto.model.errors import MappingError
@@ -36,7 +40,6 @@ from radproto.model.suggestion import Suggestion
 log = logging.getLogger("radproto.pipeline")
 
 HL7V2_CONTENT_TYPE = "application/hl7-v2"
-_PROCESS_KEY = os.urandom(32)
 
 
 @runtime_checkable
@@ -49,15 +52,6 @@ class Classifier(Protocol):
     def score_orders(self, orders: Sequence[Order]) -> list[Suggestion]: ...
 
 
-def hash_identifier(value: str, key: str | bytes = b"") -> str:
-    """A keyed hash of an identifier (MRN, placer number) for log lines: correlates, reveals
-    nothing. Without a site key, a per-process random key is used."""
-    if not value:
-        return ""
-    secret = key.encode() if isinstance(key, str) else key
-    return hmac.new(secret or _PROCESS_KEY, value.encode(), hashlib.sha256).hexdigest()[:16]
-
-
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO,
               **fields: Any) -> None:
     """A structured log line: the JSON formatter writes `event` and every field."""
@@ -67,17 +61,32 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO,
 # ---------------------------------------------------------------------------- parsing
 
 
-OrderParser = Callable[[StoredMessage], Order]
+class Parsed(NamedTuple):
+    """A stored message parsed once for the worker's whole stage: its order and, for HL7 v2,
+    its MSH (the write-back and the application ACK read it instead of parsing again)."""
+
+    order: Order
+    header: MessageHeader | None = None
 
 
-def parse_hl7v2(message: StoredMessage) -> Order:
+OrderParser = Callable[[StoredMessage], Parsed]
+
+
+def parse_hl7v2(message: StoredMessage) -> Parsed:
     """The parser of application/hl7-v2 messages (ORM^O01, OMI^O23)."""
-    return message_to_order(message.raw, raw_message_id=message.id)
+    try:
+        parsed = parse_message(message.raw)
+        return Parsed(message_to_order(parsed, raw_message_id=message.id), header_of(parsed))
+    except ValueError as exc:  # an Order that fails its own validation
+        raise MappingError(str(exc)) from exc
 
 
-def parse_fhir(message: StoredMessage) -> Order:
+def parse_fhir(message: StoredMessage) -> Parsed:
     """The parser of application/fhir+json messages (fhir_mappings/fhir_bundle.py)."""
-    return stored_bundle_to_order(message.raw, raw_message_id=message.id)
+    try:
+        return Parsed(stored_bundle_to_order(message.raw, raw_message_id=message.id))
+    except ValueError as exc:  # not JSON, or an Order that fails its own validation
+        raise MappingError(str(exc)) from exc
 
 
 #: content type -> parser: every kind of message the service stores.
@@ -90,7 +99,12 @@ DEFAULT_PARSERS: Mapping[str, OrderParser] = MappingProxyType({
 # ---------------------------------------------------------------------------- write-back
 
 
-OutboxBuilder = Callable[[StoredMessage, Order, Suggestion, Catalog], list[OutboxItem]]
+class OutboxBuilder(Protocol):
+    """Builds the write-backs of one suggestion (`header`: the HL7 v2 message's MSH, if any)."""
+
+    def __call__(self, message: StoredMessage, order: Order, suggestion: Suggestion,
+                 catalog: Catalog, *, header: MessageHeader | None = None
+                 ) -> list[OutboxItem]: ...
 
 
 @dataclass(frozen=True)
@@ -105,10 +119,12 @@ class MllpWriteback:
     receiving_facility: str = ""
 
     def __call__(self, message: StoredMessage, order: Order, suggestion: Suggestion,
-                 catalog: Catalog) -> list[OutboxItem]:
+                 catalog: Catalog, *, header: MessageHeader | None = None
+                 ) -> list[OutboxItem]:
         if message.content_type != HL7V2_CONTENT_TYPE:
             return []
-        header = parse_header(message.raw)
+        if header is None:
+            header = parse_header(message.raw)
         legacy = header.version.startswith(("2.1", "2.2", "2.3"))
         style = self.style if self.style != "auto" else ("orm" if legacy else "omi")
         version = header.version if style == "orm" and legacy else None
@@ -191,13 +207,15 @@ class Pipeline:
     def process(self, messages: Sequence[StoredMessage]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         parsed: list[tuple[StoredMessage, Order]] = []
+        headers: dict[str, MessageHeader | None] = {}
         for message in messages:
             try:
                 parser = self.parsers.get(message.content_type)
                 if parser is None:
                     raise MappingError(f"no parser for content type {message.content_type}")
-                parsed.append((message, parser(message)))
-            except (MappingError, ValueError) as exc:
+                order, headers[message.id] = parser(message)
+                parsed.append((message, order))
+            except MappingError as exc:
                 outcomes.append(self._fail(message, f"cannot map: {exc}", retry=False))
         to_score = [(m, o) for m, o in parsed if o.action != OrderAction.CANCEL]
         suggestions: dict[str, Suggestion] = {}
@@ -224,7 +242,8 @@ class Pipeline:
             for (message, _), suggestion in zip(to_score, scored, strict=True):
                 suggestions[message.id] = suggestion
         for message, order in parsed:
-            outcomes.append(self._complete(message, order, suggestions.get(message.id)))
+            outcomes.append(self._complete(message, order, suggestions.get(message.id),
+                                           headers.get(message.id)))
         return outcomes
 
     def _retraction(self, row: OutboxRow, new_status: str) -> OutboxItem | None:
@@ -237,14 +256,15 @@ class Pipeline:
                 return item
         return None
 
-    def _complete(self, message: StoredMessage, order: Order,
-                  suggestion: Suggestion | None) -> Outcome:
+    def _complete(self, message: StoredMessage, order: Order, suggestion: Suggestion | None,
+                  header: MessageHeader | None) -> Outcome:
         outbox: list[OutboxItem] = []
         try:
             if suggestion is not None:
                 for build in self.outbox_builders:
-                    outbox += build(message, order, suggestion, self.classifier.catalog)
-            acks = self._application_ack(message)
+                    outbox += build(message, order, suggestion, self.classifier.catalog,
+                                    header=header)
+            acks = self._application_ack(message, header)
             result = self.store.complete_message(message.id, order=order,
                                                  suggestion=suggestion, outbox=outbox, acks=acks,
                                                  retract=self._retraction)
@@ -253,13 +273,15 @@ class Pipeline:
             log_event(log, "complete_unavailable", logging.WARNING, message_id=message.id,
                       error=str(exc)[:200])
             return Outcome(message.id, "unavailable")
-        except (MappingError, ValueError) as exc:
+        except (MappingError, ValueError) as exc:  # a builder refused its input: for good
             return self._fail(message, f"cannot write back: {exc}", retry=False)
         latency = time.time() - message.received_at.timestamp()
         log_event(log, "message_processed" if result.applied else "message_already_processed",
                   message_id=message.id, action=str(order.action),
-                  order=hash_identifier(order.placer_order_number, self.log_hash_key),
-                  patient=hash_identifier(order.patient_id, self.log_hash_key),
+                  # Hashed here so the raw values never sit in the record; the formatter keeps
+                  # them as they are (HashedId).
+                  order=hash_identifier(order.placer_order_number, key=self.log_hash_key),
+                  patient=hash_identifier(order.patient_id, key=self.log_hash_key),
                   suggestion_id=result.suggestion_id,
                   protocol=suggestion.protocol if suggestion else None,
                   abstained=suggestion.abstained if suggestion else None,
@@ -278,12 +300,14 @@ class Pipeline:
         return Outcome(message.id, "done", result.suggestion_id,
                        suggestion.protocol if suggestion else None)
 
-    def _application_ack(self, message: StoredMessage) -> list[OutboxItem]:
+    def _application_ack(self, message: StoredMessage, header: MessageHeader | None
+                         ) -> list[OutboxItem]:
         """The enhanced-mode application ACK (AA) the sender asked for in MSH-16 (AL / SU),
         sent to the write-back destination once the order is processed."""
         if not self.app_ack_destination or message.content_type != HL7V2_CONTENT_TYPE:
             return []
-        header = hl7v2.parse_header(message.raw)
+        if header is None:
+            header = hl7v2.parse_header(message.raw)
         if hl7v2.ack_mode(header) != "enhanced" or not hl7v2.ack_wanted(
                 header, "application", success=True):
             return []

@@ -54,6 +54,7 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "ErrorLocation",
     "HL7Error",
+    "Message",
     "MessageHeader",
     "ack_mode",
     "ack_wanted",
@@ -61,9 +62,11 @@ __all__ = [
     "charset_codec",
     "declared_charset",
     "decode_message",
+    "header_of",
     "message_to_order",
     "normalize_segments",
     "parse_header",
+    "parse_message",
     "protocol_coding_from_message",
     "protocol_from_message",
     "suggestion_to_message",
@@ -123,10 +126,11 @@ def parse_header(text: str) -> MessageHeader:
             location=ErrorLocation("MSH", 1, exc.field),
             header=_salvage_header(text),
         ) from None
-    return _header(message)
+    return header_of(message)
 
 
-def _header(message: Message) -> MessageHeader:
+def header_of(message: Message) -> MessageHeader:
+    """The MSH of a parsed message."""
     msh = message.segments[0]
     v = message.value
     return MessageHeader(
@@ -208,15 +212,17 @@ def ack_wanted(
 
 
 def message_to_order(
-    text: str, *, raw_message_id: str = "", lenient: bool = False, today: date | None = None
+    text: str | Message, *, raw_message_id: str = "", lenient: bool = False,
+    today: date | None = None,
 ) -> Order:
     """The order an ORM^O01 / OMI^O23 message carries.
 
     Raises HL7Error: reject=True for an unusable MSH or an unsupported type, event, processing
     id or version; reject=False (AE) for content errors, located by segment, field, component.
+    `text` may be the message already parsed (`parse_message`): each stage parses it once.
     """
-    message = _parse(text)
-    header = _header(message)
+    message = text if isinstance(text, Message) else parse_message(text)
+    header = header_of(message)
     _check_header(message, header, lenient=lenient)
     try:
         return _order(message, header, raw_message_id=raw_message_id, today=today,
@@ -226,7 +232,8 @@ def message_to_order(
         raise
 
 
-def _parse(text: str) -> Message:
+def parse_message(text: str) -> Message:
+    """The parsed message; HL7Error(reject=True) when there is no usable MSH."""
     try:
         return parse(text)
     except ParseError:
@@ -416,8 +423,8 @@ def protocol_coding_from_message(text: str) -> tuple[str, str, str] | None:
     (the IHE scheduled protocol code), when component 4 (code) or component 6 (coding system)
     is filled. Raises HL7Error only when there is no usable MSH.
     """
-    message = _parse(text)
-    header = _header(message)
+    message = parse_message(text)
+    header = header_of(message)
     v = message.value
     if header.message_type == "OMI":
         for _, ipc in message.all("IPC"):
