@@ -4,6 +4,9 @@ package: everything else in it imports these)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
 
 from radproto.model.errors import RadprotoError
 
@@ -30,3 +33,21 @@ class AuthError(RadprotoError):
         super().__init__(message)
         self.reason = reason
         self.status = status
+
+
+def current_principal(request: Any) -> Principal | None:
+    """The authenticated caller of a request (None on public routes)."""
+    return getattr(request.state, "principal", None)
+
+
+def require_principal(request: Request) -> Principal:
+    """The authenticated caller; AuthError (401) when there is none (the security middleware
+    is not installed, or the route is public): refuse, never open."""
+    principal = current_principal(request)
+    if principal is None:
+        raise AuthError("no_credentials", "authentication required")
+    return principal
+
+
+#: Declare `principal: PrincipalDep` in a route that needs the authenticated caller.
+PrincipalDep = Annotated[Principal, Depends(require_principal)]
