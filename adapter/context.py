@@ -8,7 +8,6 @@ at run time, so every part may import it.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
     from radproto.adapter.fhir_client import FhirClient, FhirSettings
     from radproto.adapter.fhir_routes import FhirApi
     from radproto.adapter.hl7_listener import MllpListener
-    from radproto.adapter.outbox import FhirOutboxRelay, OutboxRelay
+    from radproto.adapter.outbox import OutboxRelay
     from radproto.adapter.pipeline import Classifier
     from radproto.adapter.security import SecurityState
     from radproto.adapter.settings import ServiceSettings
@@ -56,8 +55,7 @@ class ServiceContext:
     #: The EHR client; None: built from the FHIR settings (a test may pass its own).
     fhir_client: FhirClient | None = None
     fhir: FhirApi | None = None
-    fhir_relay: FhirOutboxRelay | None = None
-    fhir_relay_task: asyncio.Task | None = None
+    fhir_relay: OutboxRelay | None = None  # the outbox relay with the FHIR sender
     cds_cache: SuggestionCache | None = None
     subscriptions: SubscriptionHandler | None = None
     # -- the HTTP security part (authentication, policy, sessions, readiness) -------------

@@ -3,8 +3,8 @@
 Every write is a conditional create (`If-None-Exist` on the Task's identifier, the
 Provenance's target), so a retry after a lost response never duplicates a resource. Transient
 failures (connection errors, timeouts, 429, 5xx) are retried with exponential backoff and
-jitter; what still fails stays in the store's outbox (`FhirOutboxRelay`) until the server is
-back.
+jitter; what still fails stays in the store's outbox (adapter/outbox.py, `FhirSender`) until
+the server is back.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from radproto.adapter.fhir_client import (
     outbox_payload,
     retraction_payload,
 )
-from radproto.adapter.outbox import FhirOutboxRelay
+from radproto.adapter.outbox import FhirSender, OutboxRelay
 from radproto.adapter.store import (
     OutboxItem,
     OutboxRow,
@@ -570,29 +570,30 @@ def wire_fhir(app: FastAPI, context: ServiceContext) -> FhirApi:
     ehr = context.fhir_client or make_ehr_client(settings)
     context.fhir = FhirApi(context, settings=settings, ehr=ehr)
     if ehr is not None and settings.writeback != "none":
-        relay = context.fhir_relay = FhirOutboxRelay(context.store, ehr)
+        relay = context.fhir_relay = OutboxRelay(context.store, FhirSender(ehr),
+                                                 poll_s=0.5, worker_id="fhir-relay",
+                                                 lease_s=60.0)
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:  # built outside a loop (tests): the relay runs with the app
-            _run_relay_with_app(app, relay)
+            _run_relay_with_app(app, relay, ehr)
         else:  # built by the running service (uvicorn runs with lifespan off)
-            context.fhir_relay_task = loop.create_task(relay.run(), name="fhir-outbox-relay")
+            relay.start()
     return context.fhir
 
 
-def _run_relay_with_app(app: FastAPI, relay: FhirOutboxRelay) -> None:
+def _run_relay_with_app(app: FastAPI, relay: OutboxRelay, ehr: FhirClient) -> None:
     inner = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(app_: Any):  # the relay lives as long as the app
         async with inner(app_) as state:
-            task = asyncio.create_task(relay.run(), name="fhir-outbox-relay")
+            relay.start()
             try:
                 yield state
             finally:
-                relay.stop()
                 with contextlib.suppress(asyncio.CancelledError, FhirClientError):
-                    await asyncio.wait_for(task, 5)
-                await relay.client.aclose()
+                    await relay.stop()
+                await ehr.aclose()
 
     app.router.lifespan_context = lifespan

@@ -1,13 +1,16 @@
-"""The outbox relays: stored write-backs sent in order until each is acknowledged, retried with
-one backoff (`backoff_seconds`). `OutboxRelay` sends "mllp" rows over MLLP; `FhirOutboxRelay`
-sends "fhir" rows (Task + Provenance, retractions, verdicts) through a FhirClient.
+"""The outbox relay: stored write-backs sent in order until each is acknowledged. One loop
+(`OutboxRelay`), one backoff (`backoff_seconds`), two senders:
 
-MLLP:
+    MllpSender   "mllp" rows over MLLP. AA/CA: sent. AE/AR/CE/CR: failed for good (recorded
+                 with the destination's text). No connection or no ACK: retried. A retried
+                 message keeps its MSH-10, so a destination that did get the first copy can
+                 recognise the resend.
+    FhirSender   "fhir" rows (Task + Provenance, retractions, verdicts) through a FhirClient.
+                 A transient failure is retried; a permanent one (a 4xx the server will answer
+                 again) fails for good after `max_permanent_attempts`.
 
-AA/CA: sent. AE/AR/CE/CR: failed for good (recorded with the destination's text).
-No connection or no ACK: retried with exponential backoff; the row stays in the store, so a
-restart loses nothing. A retried message keeps its MSH-10, so a destination that did get the
-first copy can recognise the resend.
+A row to retry stays in the store with its next time (exponential backoff), so a destination
+that is down, or a restart, loses nothing.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import json
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Protocol
 
 from radproto.adapter.fhir_client import OUTBOX_KIND, FhirClient, FhirClientError
 from radproto.adapter.mllp_client import MllpClient, TransientSendError
@@ -29,7 +33,6 @@ from radproto.adapter.store import OutboxRow, Store, StoreUnavailable
 from radproto.model.suggestion import Suggestion
 
 log = logging.getLogger("radproto.outbox")
-fhir_log = logging.getLogger("radproto.fhir_client")  # the FHIR relay logs as before
 
 
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
@@ -38,15 +41,35 @@ def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
     return base * random.uniform(0.9, 1.1)
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one send: sent, to be retried later, or failed for good."""
+
+    status: str  # "sent" | "retry" | "failed"
+    detail: str = ""
+
+
+class Sender(Protocol):
+    """Sends one outbox row of its `kind` to its destination."""
+
+    kind: str
+
+    async def send(self, row: OutboxRow) -> Delivery: ...
+
+    async def close(self) -> None: ...
+
+
 class OutboxRelay:
-    def __init__(self, store: Store, *, kind: str = "mllp",
+    """Claims the due rows of its sender's kind, in order, and records what became of each."""
+
+    def __init__(self, store: Store, sender: Sender | None = None, *,
                  client_factory: Callable[[str], MllpClient] | None = None,
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0,
                  poll_s: float = 1.0, worker_id: str = "relay",
                  lease_s: float = 120.0) -> None:
         self.store = store
-        self.kind = kind
-        self.client_factory = client_factory or _default_client
+        self.sender = sender or MllpSender(client_factory)
+        self.kind = self.sender.kind
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.poll_s = poll_s
@@ -54,7 +77,6 @@ class OutboxRelay:
         self.lease_s = lease_s
         self.sent = 0
         self.failed = 0
-        self._clients: dict[str, MllpClient] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -64,29 +86,32 @@ class OutboxRelay:
         self._wake.set()
 
     def start(self) -> OutboxRelay:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="outbox-relay")
+        self._task = asyncio.get_running_loop().create_task(
+            self.run(), name=f"{self.kind}-outbox-relay")
         return self
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        """Finish the row in hand (at most `timeout_s`), then close the sender."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._task, 15)
+                await asyncio.wait_for(self._task, timeout_s)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
-        for client in self._clients.values():
-            await client.close()
+        await self.sender.close()
 
     async def run(self) -> None:
         while not self._stopping:
             try:
                 busy = await self.send_one()
             except StoreUnavailable as exc:
-                log_event(log, "outbox_store_unavailable", logging.WARNING, error=str(exc)[:200])
+                log_event(log, "outbox_store_unavailable", logging.WARNING, kind=self.kind,
+                          error=str(exc)[:200])
                 busy = False
             except Exception as exc:  # keep relaying; the lease retries the row
-                log_event(log, "outbox_error", logging.ERROR, error=repr(exc)[:200])
+                log_event(log, "outbox_error", logging.ERROR, kind=self.kind,
+                          error=repr(exc)[:200])
                 busy = False
             if not busy:
                 with contextlib.suppress(TimeoutError):
@@ -99,38 +124,57 @@ class OutboxRelay:
                                       worker_id=self.worker_id, lease_seconds=self.lease_s)
         if row is None:
             return False
-        await self._deliver(row)
+        delivery = await self.sender.send(row)
+        if delivery.status == "sent":
+            await asyncio.to_thread(self.store.mark_outbox_sent, row.id, detail=delivery.detail)
+            self.sent += 1
+            log_event(log, "outbox_sent", outbox_id=row.id, suggestion_id=row.suggestion_id,
+                      kind=self.kind, attempts=row.attempts)
+        elif delivery.status == "retry":
+            WRITEBACK_FAILURES.labels(destination_kind=self.kind).inc()
+            delay = backoff_seconds(row.attempts, self.backoff_initial_s, self.backoff_max_s)
+            await asyncio.to_thread(self.store.mark_outbox_failed, row.id, delivery.detail,
+                                    retry_at=datetime.now(UTC) + timedelta(seconds=delay))
+            log_event(log, "outbox_retry", outbox_id=row.id, kind=self.kind,
+                      attempts=row.attempts, retry_in_s=round(delay, 2),
+                      error=delivery.detail[:200])
+        else:
+            await asyncio.to_thread(self.store.mark_outbox_failed, row.id, delivery.detail,
+                                    retry_at=None)
+            self.failed += 1
+            WRITEBACK_FAILURES.labels(destination_kind=self.kind).inc()
+            log_event(log, "outbox_refused", logging.WARNING, outbox_id=row.id,
+                      kind=self.kind, attempts=row.attempts)
         return True
 
-    async def _deliver(self, row: OutboxRow) -> None:
-        client = self._client(row.destination)
+
+# ---------------------------------------------------------------------------- MLLP
+
+
+class MllpSender:
+    """Sends "mllp" rows over one persistent connection per destination."""
+
+    kind = "mllp"
+
+    def __init__(self, client_factory: Callable[[str], MllpClient] | None = None) -> None:
+        self.client_factory = client_factory or _default_client
+        self._clients: dict[str, MllpClient] = {}
+
+    async def send(self, row: OutboxRow) -> Delivery:
+        client = self._clients.get(row.destination)
+        if client is None:
+            client = self._clients[row.destination] = self.client_factory(row.destination)
         try:
             ack = await client.send(row.payload)
         except TransientSendError as exc:
-            WRITEBACK_FAILURES.labels(destination_kind=self.kind).inc()
-            delay = backoff_seconds(row.attempts, self.backoff_initial_s, self.backoff_max_s)
-            retry_at = datetime.now(UTC) + timedelta(seconds=delay)
-            await asyncio.to_thread(self.store.mark_outbox_failed, row.id, str(exc),
-                                    retry_at=retry_at)
-            log_event(log, "outbox_retry", outbox_id=row.id, attempts=row.attempts,
-                      retry_in_s=round(delay, 2), error=str(exc)[:200])
-            return
+            return Delivery("retry", str(exc))
         if ack.accepted:
-            await asyncio.to_thread(self.store.mark_outbox_sent, row.id, detail=ack.code)
-            self.sent += 1
-            log_event(log, "outbox_sent", outbox_id=row.id, suggestion_id=row.suggestion_id,
-                      ack=ack.code, attempts=row.attempts)
-        else:
-            await asyncio.to_thread(self.store.mark_outbox_failed, row.id,
-                                    f"{ack.code}: {ack.text}"[:500])
-            self.failed += 1
-            WRITEBACK_FAILURES.labels(destination_kind=self.kind).inc()
-            log_event(log, "outbox_refused", logging.WARNING, outbox_id=row.id, ack=ack.code)
+            return Delivery("sent", ack.code)
+        return Delivery("failed", f"{ack.code}: {ack.text}"[:500])
 
-    def _client(self, destination: str) -> MllpClient:
-        if destination not in self._clients:
-            self._clients[destination] = self.client_factory(destination)
-        return self._clients[destination]
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
 
 
 def _default_client(destination: str) -> MllpClient:
@@ -138,72 +182,42 @@ def _default_client(destination: str) -> MllpClient:
     return MllpClient(host, int(port))
 
 
-class FhirOutboxRelay:
-    """Sends the store's "fhir" outbox rows in order; a server that is down loses nothing.
+# ---------------------------------------------------------------------------- FHIR
 
-    A transient failure puts the row back with a growing delay (never dropped); a permanent
-    one (a 4xx the server will answer again) marks it failed after `max_permanent_attempts`.
-    """
 
-    def __init__(self, store: Any, client: FhirClient, *, worker_id: str = "fhir-relay",
-                 idle_sleep: float = 0.5, max_delay: float = 60.0,
-                 max_permanent_attempts: int = 3) -> None:
-        self.store = store
+class FhirSender:
+    """Sends "fhir" rows (a suggestion's Task + Provenance, a retraction, a verdict) through
+    a FhirClient it does not own (the service closes it)."""
+
+    kind = OUTBOX_KIND
+
+    def __init__(self, client: FhirClient, *, max_permanent_attempts: int = 3) -> None:
         self.client = client
-        self.worker_id = worker_id
-        self.idle_sleep = idle_sleep
-        self.max_delay = max_delay
         self.max_permanent_attempts = max_permanent_attempts
-        self._stop = asyncio.Event()
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = await self.run_once()
-            except Exception as exc:  # the store is down, say: keep relaying once it is back
-                fhir_log.warning("fhir outbox relay: %s", type(exc).__name__)
-                busy = False
-            if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.idle_sleep)
-
-    async def run_once(self) -> bool:
-        """Send one row if one is due; True if a row was handled."""
-        row = await asyncio.to_thread(self.store.claim_outbox, OUTBOX_KIND,
-                                      worker_id=self.worker_id)
-        if row is None:
-            return False
+    async def send(self, row: OutboxRow) -> Delivery:
         try:
             data = json.loads(row.payload)
             if "retract" in data:
                 retract = data["retract"]
                 task_ref = await self.client.retract_task(retract["identifier"],
                                                           retract["business"])
-                detail = f"{task_ref or 'no Task'} cancelled ({retract['business']})"
-            elif "verdict" in data:
+                return Delivery("sent",
+                                f"{task_ref or 'no Task'} cancelled ({retract['business']})")
+            if "verdict" in data:
                 verdict = data["verdict"]
                 task_ref = await self.client.record_verdict(verdict["identifier"], verdict)
-                detail = f"{task_ref or 'no Task'} {verdict['business']}"
-            else:
-                result = await self.client.write_suggestion(
-                    data.get("task"), Suggestion.model_validate(data["suggestion"]),
-                    service_request_ref=data.get("service_request_ref", ""),
-                    annotation=data.get("annotation"))
-                detail = f"{result.task_ref} {result.provenance_ref}"
+                return Delivery("sent", f"{task_ref or 'no Task'} {verdict['business']}")
+            result = await self.client.write_suggestion(
+                data.get("task"), Suggestion.model_validate(data["suggestion"]),
+                service_request_ref=data.get("service_request_ref", ""),
+                annotation=data.get("annotation"))
+            return Delivery("sent", f"{result.task_ref} {result.provenance_ref}")
         except FhirClientError as exc:
             permanent = not exc.retryable and row.attempts >= self.max_permanent_attempts
-            retry_at = None if permanent else datetime.now(UTC) + timedelta(
-                seconds=backoff_seconds(row.attempts, 1.0, self.max_delay))
-            fhir_log.warning("fhir outbox %s failed (attempt %s): %s", row.id, row.attempts, exc)
-            await asyncio.to_thread(self.store.mark_outbox_failed, row.id, str(exc),
-                                    retry_at=retry_at)
-            return True
+            return Delivery("failed" if permanent else "retry", str(exc))
         except (ValueError, KeyError) as exc:  # a malformed row never becomes valid
-            await asyncio.to_thread(self.store.mark_outbox_failed, row.id,
-                                    f"bad outbox payload: {exc}", retry_at=None)
-            return True
-        await asyncio.to_thread(self.store.mark_outbox_sent, row.id, detail=detail)
-        return True
+            return Delivery("failed", f"bad outbox payload: {exc}")
+
+    async def close(self) -> None:
+        pass

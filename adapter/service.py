@@ -424,12 +424,8 @@ class Service:
         if ctx.relay is not None:
             await ctx.relay.stop()
         if ctx.fhir_relay is not None:
-            ctx.fhir_relay.stop()
-        if ctx.fhir_relay_task is not None and not ctx.fhir_relay_task.done():
-            try:
-                await asyncio.wait_for(ctx.fhir_relay_task, 5)
-            except (Exception, asyncio.CancelledError):
-                ctx.fhir_relay_task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await ctx.fhir_relay.stop(timeout_s=5)
         if ctx.fhir is not None:
             await asyncio.to_thread(ctx.fhir.stop)  # answers what the CDS batcher holds
         for task in self._tasks:

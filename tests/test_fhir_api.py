@@ -50,8 +50,7 @@ class Service:
         await self.http.aclose()
         relay = self.context.fhir_relay
         if relay is not None:
-            relay.stop()
-            await self.context.fhir_relay_task
+            await relay.stop()
         self.context.worker.stop()
         self.store.close()
 

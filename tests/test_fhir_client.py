@@ -20,7 +20,7 @@ from radproto.adapter.fhir_client import (
     outbox_payload,
     retraction_payload,
 )
-from radproto.adapter.outbox import FhirOutboxRelay
+from radproto.adapter.outbox import FhirSender, OutboxRelay
 from radproto.fhir_mappings.fhir import (
     service_request_to_order,
     suggestion_to_annotation,
@@ -133,11 +133,11 @@ async def test_outbox_relay_loses_nothing_while_the_server_is_down(server, store
         for i in ids:
             enqueue(store, outbox_payload(task_for(sr_ref, patient_ref, i), make_suggestion(),
                                           service_request_ref=sr_ref))
-        relay = FhirOutboxRelay(store, client, max_delay=0.05)
+        relay = OutboxRelay(store, FhirSender(client), backoff_max_s=0.05)
         server.go_down()
         try:
             for _ in range(3):
-                await relay.run_once()
+                await relay.send_one()
                 await asyncio.sleep(0.06)
             rows = store.outbox_rows(destination_kind="fhir")
             assert {r.status for r in rows} == {"pending"}  # kept, to be retried
@@ -145,7 +145,7 @@ async def test_outbox_relay_loses_nothing_while_the_server_is_down(server, store
         finally:
             server.come_back()
         for _ in range(100):
-            if not await relay.run_once():
+            if not await relay.send_one():
                 if all(r.status == "sent" for r in store.outbox_rows()):
                     break
                 await asyncio.sleep(0.02)
@@ -157,7 +157,7 @@ async def test_outbox_relay_loses_nothing_while_the_server_is_down(server, store
 async def test_relay_marks_a_malformed_row_failed(server, store):
     async with FhirClient(server.base + "/fhir", backoff=0.01) as client:
         enqueue(store, json.dumps({"nope": 1}))
-        assert await FhirOutboxRelay(store, client).run_once()
+        assert await OutboxRelay(store, FhirSender(client)).send_one()
         [row] = store.outbox_rows()
         assert row.status == "failed" and "bad outbox payload" in row.last_error
 
@@ -189,7 +189,7 @@ async def test_a_retraction_cancels_the_task_once(server, store):
             task_for(sr_ref, patient_ref, "rt-1", suggestion), suggestion,
             service_request_ref=sr_ref)
         enqueue(store, retraction_payload(sent, "superseded"))
-        assert await FhirOutboxRelay(store, client).run_once()
+        assert await OutboxRelay(store, FhirSender(client)).send_one()
         [row] = store.outbox_rows()
         assert row.status == "sent" and row.last_error.startswith(written.task_ref)
         task = await client.read(written.task_ref)
