@@ -17,7 +17,7 @@ DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
 def default_model_uri(tracking_uri: str) -> str:
     """The champion's URI if the registry holds it, else the shipped model's ("default")."""
     from radproto.model.classifier import SHIPPED_MODEL
-    from radproto.training.tracking import registry_has
+    from radproto.model.registry import registry_has
 
     if tracking_uri and registry_has(DEFAULT_MODEL_URI, tracking_uri=tracking_uri):
         return DEFAULT_MODEL_URI

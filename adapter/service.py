@@ -141,14 +141,6 @@ def alias_of(uri: str) -> tuple[str, str] | None:
     return None
 
 
-def registry_version(name: str, alias: str, tracking_uri: str) -> str:
-    """The version a registry alias names now."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    return str(client.get_model_version_by_alias(name, alias).version)
-
-
 class Service:
     """The running service; `await start()` then `await stop()` (or `run_service`)."""
 
@@ -296,12 +288,12 @@ class Service:
             if ctx is None or ctx.classifier is None:
                 continue
             current = str(getattr(ctx.classifier, "model_version", ""))
-            from radproto.training.tracking import registry_has
+            from radproto.model.registry import alias_version, registry_has
 
             try:
                 if not registry_has(f"models:/{name}@{alias}", tracking_uri=s.tracking_uri):
                     continue  # e.g. no champion registered yet: the shipped model serves
-                version = registry_version(name, alias, s.tracking_uri)
+                version = alias_version(name, alias, tracking_uri=s.tracking_uri)
             except Exception as exc:
                 log_event(log, "model_poll_failed", logging.WARNING,
                           error=f"{type(exc).__name__}: {exc}"[:200])

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from radproto.model.errors import ModelError
+from radproto.model.registry import registry_client
+from radproto.model.registry import registry_has as registry_has  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +25,8 @@ MODEL_ARTIFACT = "model"
 _PARAM_MAX = 500
 
 
-def _client(tracking_uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+# One registry client for training and the service (model/registry.py).
+_client = registry_client
 
 
 def _artifact_location(tracking_uri: str) -> str | None:
@@ -162,26 +162,6 @@ def register_model(model_uri: str, name: str, *, tracking_uri: str, alias: str =
 
 def set_alias(name: str, alias: str, version: str | int, *, tracking_uri: str) -> None:
     _client(tracking_uri).set_registered_model_alias(name, alias, str(version))
-
-
-def registry_has(uri: str, *, tracking_uri: str) -> bool:
-    """Whether a models:/NAME@ALIAS or models:/NAME/VERSION URI exists in the registry."""
-    from mlflow.exceptions import MlflowException
-
-    if not uri.startswith("models:/"):
-        return False
-    spec = uri[len("models:/"):]
-    client = _client(tracking_uri)
-    try:
-        if "@" in spec:
-            name, alias = spec.split("@", 1)
-            client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, version = spec.rpartition("/")
-            client.get_model_version(name, version)
-    except MlflowException:
-        return False
-    return True
 
 
 def log_evaluation(tracking_uri: str, out_dir: str | Path, metrics: Mapping[str, Any], *,
