@@ -9,10 +9,15 @@ still waits for the commit that holds its own row.
 
 asyncio callers use `asyncio.to_thread` (or an executor); nothing here is async.
 
-    types.py     value types, errors, ids
-    schema.py    the tables (one DDL for both backends), row -> value type
-    base.py      Store: the group-commit writer, queue, outbox, records (feedback, audit, ...)
-    sqlite.py    SqliteStore (and sqlite_path);  postgres.py  PostgresStore
+    types.py        value types, errors, ids
+    schema.py       the tables (one DDL for both backends), row -> value type
+    core.py         connections and transactions over a backend's hooks
+    writer.py       durable accepts, group-committed by one writer thread
+    queue.py        claim, complete (order, suggestion, outbox: one transaction), fail
+    outbox_rows.py  the outbox table: queue, claim in order, mark sent or failed
+    records.py      orders, suggestions, worklist, feedback, audit, subscriptions, purge
+    base.py         Store: the parts above composed into one API
+    sqlite.py       SqliteStore (and sqlite_path);  postgres.py  PostgresStore
 """
 
 from __future__ import annotations
