@@ -31,7 +31,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from radproto.adapter.context import ContextDep
-from radproto.adapter.fhir_routes import FhirApi, FhirApiDep
+from radproto.adapter.fhir_api import FhirApi, FhirApiDep
 from radproto.fhir_mappings.fhir import (
     FhirValidationError,
     service_request_to_order,

@@ -17,8 +17,8 @@ from fastapi import Depends, Request
 
 if TYPE_CHECKING:
     from radproto.adapter.cds_hooks import SuggestionCache
+    from radproto.adapter.fhir_api import FhirApi
     from radproto.adapter.fhir_client import FhirClient, FhirSettings
-    from radproto.adapter.fhir_routes import FhirApi
     from radproto.adapter.hl7_listener import MllpListener
     from radproto.adapter.outbox import OutboxRelay
     from radproto.adapter.pipeline import Classifier

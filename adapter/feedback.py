@@ -21,19 +21,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from radproto.adapter import audit
-from radproto.adapter.fhir_client import OUTBOX_KIND as FHIR_OUTBOX_KIND
-from radproto.adapter.fhir_client import verdict_payload
-from radproto.adapter.fhir_routes import (
-    FHIR_JSON,
+from radproto.adapter.fhir_api import (
     TASK_STATUS,
     FhirApi,
     FhirApiDep,
     FhirResponse,
     fhir_error,
-    fhir_settings_of,
     read_resource,
     validation_response,
 )
+from radproto.adapter.fhir_client import OUTBOX_KIND as FHIR_OUTBOX_KIND
+from radproto.adapter.fhir_client import verdict_payload
+from radproto.adapter.fhir_writeback import fhir_settings_of
 from radproto.adapter.pipeline import MllpWriteback
 from radproto.adapter.store import (
     FEEDBACK_OUTCOMES,
@@ -43,6 +42,7 @@ from radproto.adapter.store import (
     StoreUnavailable,
 )
 from radproto.fhir_mappings.fhir import FhirValidationError, Issue, validate_resource
+from radproto.fhir_mappings.fhir_bundle import FHIR_JSON
 from radproto.fhir_mappings.fhir_task import (
     OUTPUT_TYPE_SYSTEM,
     TASK_IDENTIFIER_SYSTEM,

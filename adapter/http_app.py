@@ -17,7 +17,15 @@ from typing import Literal
 from fastapi import APIRouter, FastAPI
 
 from radproto import __version__
-from radproto.adapter import cds_hooks, feedback, fhir_routes, ops, subscriptions, worklist
+from radproto.adapter import (
+    cds_hooks,
+    feedback,
+    fhir_routes,
+    fhir_writeback,
+    ops,
+    subscriptions,
+    worklist,
+)
 from radproto.adapter.context import ServiceContext
 from radproto.adapter.security import install_security
 
@@ -47,7 +55,7 @@ def create_app(context: ServiceContext, *, routers: Sequence[APIRouter] = (),
     for router in routers:
         app.include_router(router)
     if "fhir" in parts:
-        fhir_routes.wire_fhir(app, context)
+        fhir_writeback.wire_fhir(app, context)
         app.include_router(fhir_routes.router)
         app.include_router(feedback.router)
         app.include_router(subscriptions.router)

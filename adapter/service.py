@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from radproto.adapter.context import ServiceContext
-from radproto.adapter.fhir_routes import fhir_writeback_builders
+from radproto.adapter.fhir_writeback import fhir_writeback_builders
 from radproto.adapter.hl7_listener import MessageHandler, MllpListener
 from radproto.adapter.http_app import create_app
 from radproto.adapter.mllp_client import MllpClient

@@ -24,8 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from radproto.adapter.context import ContextDep, ServiceContext
-from radproto.adapter.fhir_client import FhirClientError
-from radproto.adapter.fhir_routes import (
+from radproto.adapter.fhir_api import (
     FhirApi,
     FhirResponse,
     fhir_api,
@@ -33,6 +32,7 @@ from radproto.adapter.fhir_routes import (
     read_resource,
     validation_response,
 )
+from radproto.adapter.fhir_client import FhirClientError
 from radproto.adapter.store import StoreUnavailable
 from radproto.fhir_mappings.fhir import (
     FhirValidationError,

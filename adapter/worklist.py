@@ -36,7 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from radproto.adapter import audit
 from radproto.adapter.context import ServiceContext
 from radproto.adapter.feedback import actor_of, record
-from radproto.adapter.fhir_routes import FhirApi
+from radproto.adapter.fhir_api import FhirApi
 from radproto.adapter.security import AuthError, Principal, PrincipalDep
 from radproto.adapter.security.sessions import CSRF_HEADER, SESSION_AUTH, SessionManager
 from radproto.adapter.store import NotFound, StoreUnavailable, WorklistRow

@@ -39,3 +39,10 @@ def stored_bundle_to_order(raw: str, *, raw_message_id: str = "") -> Order:
     return order.model_copy(update={
         "placer_order_number": sr["id"],
         "extra": {**order.extra, "placer_identifier": order.placer_order_number}})
+
+
+def order_refs(order: Order) -> tuple[str, str]:
+    """(ServiceRequest reference, Patient reference or "") of a stored FHIR order."""
+    subject = str(order.extra.get("subject", ""))
+    sr_id = order.extra.get("fhir_id") or order.placer_order_number
+    return f"ServiceRequest/{sr_id}", "" if subject.startswith("#") else subject

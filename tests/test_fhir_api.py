@@ -14,7 +14,7 @@ from conftest import KeywordClassifier
 from peers.harness import assert_valid_fhir
 
 from radproto.adapter.fhir_client import FhirSettings
-from radproto.adapter.fhir_routes import fhir_writeback_builders
+from radproto.adapter.fhir_writeback import fhir_writeback_builders
 from radproto.adapter.http_app import ServiceContext, create_app
 from radproto.adapter.pipeline import Pipeline
 from radproto.adapter.settings import ServiceSettings

@@ -131,7 +131,7 @@ def test_the_service_builds_a_smart_client_from_its_settings(tmp_path):
     from cryptography.hazmat.primitives import serialization
 
     from radproto.adapter.fhir_client import FhirSettings
-    from radproto.adapter.fhir_routes import make_ehr_client
+    from radproto.adapter.fhir_writeback import make_ehr_client
 
     key_file = tmp_path / "key.pem"
     key_file.write_bytes(EC_KEY.private_bytes(serialization.Encoding.PEM,
