@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from radproto.model.errors import ConfigError
+from radproto.model.loading import DEFAULT_LORA_TARGETS
 
 PRESET_PREFIX = "preset_"
 
@@ -40,8 +41,7 @@ class TrainConfig:
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = _f(0.05, "dropout on the LoRA input")
     lora_targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                 "up_proj", "down_proj"],
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS),  # the model's one list
         metadata={"help": "linear layers that get LoRA"})
     lora_layers: int = _f(0, "LoRA on the top N decoder layers only (0 = all); the frozen "
                           "layers below need no backward pass")
