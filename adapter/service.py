@@ -32,6 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from radproto.adapter.context import ServiceContext
+from radproto.adapter.default_model import (
+    DEFAULT_ALIAS,
+    DEFAULT_MODEL_NAME,
+    alias_of,
+    catalog_differences,
+    load_default_classifier,
+)
 from radproto.adapter.fhir_writeback import fhir_writeback_builders
 from radproto.adapter.hl7_listener import MessageHandler, MllpListener
 from radproto.adapter.http_app import create_app
@@ -103,42 +110,6 @@ def _check_security(settings: ServiceSettings) -> None:
                       hint="set --api-keys or security.jwt_issuers for the HTTP API")
             return
         raise exc
-
-
-def load_default_classifier(settings: ServiceSettings, catalog: Any, *,
-                            uri: str | None = None) -> tuple[Classifier, str]:
-    """The configured model (or `uri`), or the default one: models:/radproto@champion if
-    the registry holds it, else the model shipped with radproto (adapter/default_model.py)."""
-    from radproto.model.classifier import load_classifier
-
-    uri = uri or settings.model
-    if not uri:
-        from radproto.adapter.default_model import default_model_uri
-
-        uri = default_model_uri(settings.tracking_uri)
-    classifier = load_classifier(uri, catalog=catalog, tracking_uri=settings.tracking_uri)
-    classifier.cuda_batch_tokens = settings.scoring_batch_tokens
-    # Readiness waits for this: graph capture and compilation are not the first order's.
-    seconds = classifier.prepare_for_serving(compile_kernels=settings.compile_kernels)
-    if seconds:
-        log_event(log, "model_prepared", s=round(seconds, 1),
-                  compile_kernels=settings.compile_kernels)
-    return classifier, str(uri)
-
-
-def catalog_differences(classifier: Any) -> dict[str, list[str]]:
-    """Configured protocols the model has no trained row for, and model rows the configured
-    catalog lacks (empty lists for a model that does not tell)."""
-    return {name: sorted(getattr(classifier, name, ()) or ())
-            for name in ("untrained_protocols", "dropped_protocols")}
-
-
-def alias_of(uri: str) -> tuple[str, str] | None:
-    """(NAME, ALIAS) of a models:/NAME@ALIAS URI; None for anything else."""
-    if uri.startswith("models:/") and "@" in uri:
-        name, alias = uri[len("models:/"):].split("@", 1)
-        return name, alias
-    return None
 
 
 class Service:
@@ -334,8 +305,6 @@ class Service:
         followed = alias_of(uri)
         if followed is None and not s.model and s.tracking_uri:
             # the shipped model until a site registers its champion: follow that alias
-            from radproto.adapter.default_model import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
-
             followed = (DEFAULT_MODEL_NAME, DEFAULT_ALIAS)
         if followed is not None:
             self._poll_thread = threading.Thread(target=self._poll_model, args=followed,
