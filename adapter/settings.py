@@ -1,4 +1,6 @@
-"""The service settings: the only reader of the environment (RADPROTO_* variables).
+"""The service settings: the only reader of the service's configuration (the YAML file and the
+RADPROTO_* variables of its settings; radproto/cli.py only maps RADPROTO_<FLAG> onto its flags,
+and training/pyfunc.py reads RADPROTO_PYFUNC_THREADS inside Spark workers, where no settings go).
 
 Precedence, highest first: command-line flags, RADPROTO_* environment variables, the YAML
 config file (--config), the embedded defaults. Nested sections read `RADPROTO_<SECTION>__<FIELD>`
