@@ -1,4 +1,4 @@
-"""Temperature scaling over the catalog and the abstain rule."""
+"""Temperature scaling over the catalog, the blend of head and lexical model, the abstain rule."""
 
 from __future__ import annotations
 
@@ -63,6 +63,33 @@ def fit_temperature(log_probs: np.ndarray, label_indices: np.ndarray) -> float:
             b = lo + ratio * (hi - lo)
             fb = loss(b)
     return float(np.exp((lo + hi) / 2))
+
+
+def blend_log_probs(head: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
+    """log_softmax(head + weight * lexical) over the catalog (last axis)."""
+    combined = np.asarray(head, dtype=np.float64) + weight * np.asarray(lexical, np.float64)
+    combined -= combined.max(axis=-1, keepdims=True)
+    return combined - np.log(np.exp(combined).sum(axis=-1, keepdims=True))
+
+
+#: Lexical weights tried by fit_blend: the NLL surface is smooth and flat near its minimum,
+#: so a grid of 0.05 loses nothing that matters.
+BLEND_WEIGHTS = tuple(np.round(np.arange(0.0, 3.0001, 0.05), 2))
+
+
+def fit_blend(head: np.ndarray, lexical: np.ndarray, label_indices: np.ndarray
+              ) -> tuple[float, float]:
+    """(lexical weight, temperature) minimizing the NLL of softmax((head + w * lexical) / T)
+    on labelled orders: a temperature fitted for each weight of BLEND_WEIGHTS."""
+    best: tuple[float, float, float] | None = None
+    for weight in BLEND_WEIGHTS:
+        blended = blend_log_probs(head, lexical, float(weight))
+        temperature = fit_temperature(blended, label_indices)
+        loss = nll(blended, label_indices, temperature)
+        if best is None or loss < best[0] - 1e-9:
+            best = (loss, float(weight), temperature)
+    assert best is not None
+    return best[1], best[2]
 
 
 def abstain_reason(confidence: float, threshold: float) -> str:

@@ -7,9 +7,10 @@ and saves/loads model directories.
 
 A model directory holds `radproto_model.json` (base model reference, ModelConfig, the
 catalog whose protocols the head has rows for, prompt version, temperature, abstain
-threshold, training metadata), the tokenizer, the head (`protocol_head.safetensors`) and
-either a LoRA adapter (kind "adapter"), a full merged model (kind "merged") or nothing
-(kind "base": the base model as is).
+threshold, lexical weight, training metadata), the tokenizer, the head
+(`protocol_head.safetensors`), optionally the lexical model blended with the head
+(`lexical.safetensors` + `lexical.json`, model/lexical.py) and either a LoRA adapter (kind
+"adapter"), a full merged model (kind "merged") or nothing (kind "base": the base model as is).
 """
 
 from __future__ import annotations
@@ -25,13 +26,19 @@ from typing import Any
 
 import numpy as np
 
-from radproto.model.calibration import abstain_reason, catalog_probabilities, fit_temperature
+from radproto.model.calibration import (
+    abstain_reason,
+    blend_log_probs,
+    catalog_probabilities,
+    fit_temperature,
+)
 from radproto.model.catalog import Catalog, default_catalog
 from radproto.model.cuda_scoring import BatchedScorer, GraphedScorer
 from radproto.model.encoding import prompt_token_ids
 from radproto.model.errors import ModelError
 from radproto.model.head import HEAD_FILE, head_for_catalog, load_head, new_head, save_head
 from radproto.model.kernels import cast_frozen_floats, compile_elementwise, lean_lora
+from radproto.model.lexical import LexicalModel, load_lexical
 from radproto.model.loading import (
     DEFAULT_LORA_TARGETS,
     EMBEDDED_BASE_MODEL,
@@ -93,6 +100,8 @@ class ProtocolClassifier:
         metadata: Mapping[str, Any] | None = None,
         untrained: Sequence[str] = (),
         cuda_graphs: bool = True,
+        lexical: LexicalModel | None = None,
+        lexical_weight: float = 0.0,
     ) -> None:
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
             raise ModelError("the tokenizer's pad token must exist and differ from EOS")
@@ -109,6 +118,9 @@ class ProtocolClassifier:
         self.untrained_protocols: tuple[str, ...] = tuple(untrained)
         self.dropped_protocols: tuple[str, ...] = ()
         self.head = head if head is not None else new_head(model, tokenizer, catalog.names)
+        # The bag of words blended with the head: log_softmax(head + weight * lexical).
+        self.lexical = lexical
+        self.lexical_weight = float(lexical_weight)
         # CUDA only: one order at a time through captured graphs (latency); the scorers are
         # rebuilt when the catalog (and so the head) changes.
         self.cuda_graphs = cuda_graphs
@@ -138,13 +150,28 @@ class ProtocolClassifier:
         self.untrained_protocols = tuple(dict.fromkeys([*kept_untrained, *added]))
         self.dropped_protocols = tuple(dict.fromkeys([*self.dropped_protocols, *dropped]))
         self.head = head
+        if self.lexical is not None:
+            self.lexical = self.lexical.for_catalog(catalog.names)
         self._cuda_scorers.clear()
         self._catalog = catalog
 
     # -- scoring ---------------------------------------------------------------------------
     def catalog_log_probs(self, fields_list: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """[n, n_protocols] log-probabilities over the catalog (before the temperature), in
-        catalog order: one forward pass per batch of prompts, the head on the last token."""
+        catalog order: the head's, blended with the lexical model's when the model has one."""
+        return self.blend(self.head_log_probs(fields_list), fields_list)
+
+    def blend(self, from_head: np.ndarray, fields_list: Sequence[Mapping[str, Any]]
+              ) -> np.ndarray:
+        """log_softmax(head + weight * lexical), or the head's own when there is no blend."""
+        if self.lexical is None or self.lexical_weight == 0 or not len(from_head):
+            return from_head
+        return blend_log_probs(from_head, self.lexical.log_probs(fields_list),
+                               self.lexical_weight)
+
+    def head_log_probs(self, fields_list: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """[n, n_protocols] the protocol head's log-probabilities alone: one forward pass
+        per batch of prompts, the head on the last token."""
         prompts = [prompt_token_ids(self.tokenizer, f, self.config.max_length)
                    for f in fields_list]
         with _eval_mode(self.model), mask_capable_attention(self.model):
@@ -245,6 +272,8 @@ class ProtocolClassifier:
             kind = "base"  # the base model as is: nothing but the reference to write
         self.tokenizer.save_pretrained(directory)
         save_head(self.head, directory)
+        if self.lexical is not None:
+            self.lexical.save(directory)
         if metadata:
             self.metadata.update(metadata)
         self.metadata["kind"] = kind
@@ -260,6 +289,7 @@ class ProtocolClassifier:
             "prompt_version": PROMPT_VERSION,
             "temperature": self.temperature,
             "abstain_threshold": self.abstain_threshold,
+            "lexical_weight": self.lexical_weight if self.lexical is not None else 0.0,
             "metadata": {k: v for k, v in self.metadata.items() if k != "kind"},
         }
         (directory / MODEL_FILE).write_text(json.dumps(record, indent=2, default=str), "utf-8")
@@ -321,6 +351,8 @@ class ProtocolClassifier:
             model_version=_model_version(path, record),
             metadata=metadata,
             untrained=record.get("untrained_protocols") or (),
+            lexical=load_lexical(path),
+            lexical_weight=float(record.get("lexical_weight", 0.0)),
         )
         if catalog is not None:
             classifier.catalog = catalog  # re-keys the head: new rows from names, drops

@@ -200,6 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-train", type=Path, default=None,
                    help="training file for the TF-IDF baseline (default: train.* next to --data)")
 
+    p = _command(sub, "calibrate", "Fit a trained model's blend with the lexical model, its "
+                 "temperature and abstain threshold on labelled orders (e.g. eval/tune.jsonl "
+                 "or a site's held-out history) and save it again.", _calibrate)
+    p.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
+    p.add_argument("--data", type=Path, required=True,
+                   help="labelled orders to fit on (never the set you report on)")
+    p.add_argument("--out", type=Path, required=True, help="directory of the calibrated model")
+    p.add_argument("--lexical-data", type=Path, default=None,
+                   help="corpus directory or order file the lexical model learns from "
+                        "(default: the default synthetic corpus, regenerated)")
+    p.add_argument("--no-lexical", action="store_true",
+                   help="no lexical model: fit the temperature of the head alone")
+    p.add_argument("--abstain-accuracy", type=float, default=0.95,
+                   help="accuracy the abstain threshold aims for on --data")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+
     p = _command(sub, "predict", "Suggest protocols for every order in a file.", _predict)
     p.add_argument("--input", type=Path, required=True, help="order file")
     p.add_argument("--output", type=Path, required=True, help="predictions file (JSONL)")
@@ -321,6 +337,13 @@ def _eval(args: argparse.Namespace) -> int:
     from radproto.training.evaluate import evaluate_from_cli
 
     return evaluate_from_cli(args, catalog=catalog)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    from radproto.training.calibrate import calibrate_from_cli
+
+    return calibrate_from_cli(args, catalog=catalog)
 
 
 def _predict(args: argparse.Namespace) -> int:

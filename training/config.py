@@ -94,7 +94,14 @@ class TrainConfig:
     patience: int = _f(3, "evaluations without improvement before stopping (0 = never)")
     min_delta: float = _f(0.001, "smallest validation-loss drop that counts as improvement")
     log_interval: int = _f(10, "optimizer steps between metric logs")
-    calibrate: bool = _f(True, "fit a temperature on the validation subset after training")
+    calibrate: bool = _f(True, "fit the temperature (and the lexical weight) after training, "
+                         "on calibration_data or else the validation subset")
+    calibration_data: str = _f("", "labelled orders that read like the service's (e.g. "
+                               "eval/tune.jsonl, a site's held-out history) to fit the blend, "
+                               "temperature and abstain threshold on ('' = the validation "
+                               "subset)")
+    lexical: bool = _f(True, "blend the protocol head with a TF-IDF + logistic-regression "
+                       "model trained on the same rows (its weight fitted in calibration)")
     abstain_threshold: float = _f(-1.0, "calibrated confidence below which a suggestion "
                                   "goes to the radiologist; -1 = the lowest threshold at which "
                                   "the calibrated validation orders reach abstain_accuracy")

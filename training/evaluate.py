@@ -162,35 +162,20 @@ def semantic_similarity(predicted: Sequence[str], truth: Sequence[str],
 
 
 # ============================================================================ baseline
-def prompt_text(row: Mapping[str, Any]) -> str:
-    return " | ".join(str(row.get(k) or "") for k in ORDER_FILE_FIELDS)
-
-
 def train_baseline(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Any:
-    """TF-IDF (words 1-2 + characters 3-5) and multinomial logistic regression."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import FeatureUnion, make_pipeline
+    """TF-IDF (words 1-2 + characters 3-5) and multinomial logistic regression: the lexical
+    model (training/lexical.py), the same fit a blended model carries."""
+    from radproto.training.lexical import fit_lexical
 
-    index = {n: i for i, n in enumerate(names)}
-    texts = [prompt_text(r) for r in rows]
-    y = np.array([index[r["label"]] for r in rows])
-    features = FeatureUnion([
-        ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)),
-        ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=3,
-                                  sublinear_tf=True, max_features=100_000)),
-    ])
-    model = make_pipeline(features, LogisticRegression(C=10.0, max_iter=300))
-    model.fit(texts, y)
-    return model
+    return fit_lexical(rows, names)
 
 
 def baseline_probabilities(model: Any, rows: Sequence[Mapping[str, Any]],
                            n_classes: int) -> np.ndarray:
-    """[n, n_classes] probabilities (classes the baseline never saw get 0)."""
-    raw = model.predict_proba([prompt_text(r) for r in rows])
-    probs = np.zeros((len(rows), n_classes))
-    probs[:, model.classes_] = raw
+    """[n, n_classes] probabilities of the baseline for order rows."""
+    probs = np.exp(model.log_probs(rows))
+    if probs.shape[1] != n_classes:
+        raise ValueError(f"the baseline has {probs.shape[1]} classes, not {n_classes}")
     return probs
 
 
@@ -310,8 +295,13 @@ def build_report(log_probs: np.ndarray, labels: np.ndarray, catalog: Catalog, *,
                  temperature: float, out_dir: str | Path, rows: Sequence[Mapping[str, Any]],
                  baseline_train: Sequence[Mapping[str, Any]] | None = None,
                  title: str = "Evaluation", seconds_per_order: float | None = None,
-                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Metrics, pictures, metrics.json and report.md for scored orders; returns the metrics."""
+                 extra: Mapping[str, Any] | None = None,
+                 head_alone: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics, pictures, metrics.json and report.md for scored orders; returns the metrics.
+
+    `head_alone`: for a blended model, the protocol head's own log-probabilities, reported
+    beside the blend and the baseline (the ablation; top-1 and top-3 do not depend on a
+    temperature, so none is fitted for it)."""
     from radproto.model.calibration import catalog_probabilities
 
     out_dir = Path(out_dir)
@@ -337,6 +327,13 @@ def build_report(log_probs: np.ndarray, labels: np.ndarray, catalog: Catalog, *,
     for key, values in groups.items():
         metrics[f"by_{key}"] = group_accuracy(probs, labels, values)
 
+    if head_alone is not None:
+        alone = classification_metrics(catalog_probabilities(head_alone, 1.0), labels, names)
+        for key in ("top1", "top3", "macro_f1"):
+            metrics[f"head_alone_{key}"] = alone[key]
+        for key, values in groups.items():
+            for group, row in group_accuracy(np.exp(head_alone), labels, values).items():
+                metrics[f"by_{key}"][group]["head_alone_top1"] = row["top1"]
     if baseline_train:
         started = time.perf_counter()
         baseline = train_baseline(baseline_train, names)
@@ -394,6 +391,11 @@ def _markdown(m: Mapping[str, Any], title: str) -> str:
         f"{m['ece_uncalibrated']:.3f}. Auto-assign threshold for 95% accuracy: confidence >= "
         f"{m['threshold_at_95']:.3f}.",
     ]
+    if "head_alone_top1" in m:
+        lines.append(f"The model blends the protocol head with the lexical model (weight "
+                     f"{m.get('lexical_weight', 0):.2f}); the head alone: top-1 "
+                     f"{_pct(m['head_alone_top1'])}, top-3 {_pct(m['head_alone_top3'])}, "
+                     f"macro-F1 {_pct(m['head_alone_macro_f1'])}.")
     if "ms_per_order" in m:
         lines.append(f"Scoring time: {m['ms_per_order']:.0f} ms per order"
                      + (f" (median per batch {m['median_ms_per_order']:.0f} ms)"
@@ -406,12 +408,16 @@ def _markdown(m: Mapping[str, Any], title: str) -> str:
         table = m.get(f"by_{key}")
         if not table:
             continue
+        alone = "head_alone_top1" in m
         lines += ["", f"## By {key}", "",
-                  f"| {key} | orders | model top-1 | baseline top-1 | model top-3 | "
-                  "baseline top-3 |", "|---|---:|---:|---:|---:|---:|"]
+                  f"| {key} | orders | model top-1 | "
+                  + ("head alone top-1 | " if alone else "")
+                  + "baseline top-1 | model top-3 | baseline top-3 |",
+                  "|---|---:|---:|" + ("---:|" if alone else "") + "---:|---:|---:|"]
         for group, row in table.items():
             lines.append(f"| {group} | {row['n']} | {_pct(row['top1'])} | "
-                         f"{_pct(row.get('baseline_top1'))} | {_pct(row['top3'])} | "
+                         + (f"{_pct(row.get('head_alone_top1'))} | " if alone else "")
+                         + f"{_pct(row.get('baseline_top1'))} | {_pct(row['top3'])} | "
                          f"{_pct(row.get('baseline_top3'))} |")
     lines += [
         "",
@@ -456,21 +462,28 @@ def default_corpus_train_rows(catalog: Catalog) -> list[dict[str, Any]]:
 
 
 def score_with_timing(classifier: Any, fields: list[dict[str, Any]], *, batch_size: int = 16,
-                      progress: bool = True) -> tuple[np.ndarray, list[float]]:
-    """catalog_log_probs in chunks of `batch_size` orders with a progress bar; per-order
-    seconds of each chunk."""
+                      progress: bool = True
+                      ) -> tuple[np.ndarray, list[float], np.ndarray | None]:
+    """The classifier's log-probabilities in chunks of `batch_size` orders with a progress
+    bar, per-order seconds of each chunk, and for a blended model the head's own
+    log-probabilities (None otherwise)."""
     from tqdm.auto import tqdm
 
-    out, per_order = [], []
-    chunk = batch_size
+    blended, alone, per_order = [], [], []
     with tqdm(total=len(fields), unit="order", desc="score", disable=not progress) as bar:
-        for start in range(0, len(fields), chunk):
-            part = fields[start:start + chunk]
+        for start in range(0, len(fields), batch_size):
+            part = fields[start:start + batch_size]
             began = time.perf_counter()
-            out.append(classifier.catalog_log_probs(part))
+            from_head = classifier.head_log_probs(part)
+            blended.append(classifier.blend(from_head, part))
             per_order.append((time.perf_counter() - began) / len(part))
+            alone.append(from_head)
             bar.update(len(part))
-    return np.concatenate(out) if out else np.zeros((0, len(classifier.catalog))), per_order
+    empty = np.zeros((0, len(classifier.catalog)))
+    log_probs = np.concatenate(blended) if blended else empty
+    has_blend = classifier.lexical is not None and classifier.lexical_weight != 0
+    return log_probs, per_order, ((np.concatenate(alone) if alone else empty)
+                                  if has_blend else None)
 
 
 def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog: Catalog,
@@ -500,8 +513,8 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
         classifier.catalog = catalog
     fields = [{k: r.get(k, "") for k in ORDER_FILE_FIELDS} for r in kept]
     labels = np.array([catalog.names.index(r["label"]) for r in kept])
-    log_probs, per_order = score_with_timing(classifier, fields, batch_size=batch_size,
-                                             progress=progress)
+    log_probs, per_order, head_alone = score_with_timing(
+        classifier, fields, batch_size=batch_size, progress=progress)
     train_file = Path(baseline_train) if baseline_train else sibling_train_file(data)
     if train_file is not None:
         train_rows = read_orders(train_file, require_label=True)
@@ -517,10 +530,12 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
              "baseline_train": baseline_source,
              "model_version": classifier.model_version,
              "median_ms_per_order": 1000.0 * statistics.median(per_order)}
+    if head_alone is not None:
+        extra["lexical_weight"] = classifier.lexical_weight
     return build_report(log_probs, labels, catalog, temperature=classifier.temperature,
                         out_dir=out_dir, rows=kept, baseline_train=train_rows,
                         title="Evaluation", seconds_per_order=float(np.mean(per_order)),
-                        extra=extra)
+                        extra=extra, head_alone=head_alone)
 
 
 def evaluate_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
@@ -534,16 +549,19 @@ def evaluate_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
         run_id = log_evaluation(tracking_uri, args.out, metrics, model_uri=args.model,
                                 data=str(args.data))
         print(f"mlflow run: {run_id}")
-    wanted = ("n", "top1", "top3", "macro_f1", "ece", "coverage_at_95", "baseline_top1",
-              "semantic_similarity", "median_ms_per_order")
+    wanted = ("n", "top1", "top3", "macro_f1", "ece", "coverage_at_95", "head_alone_top1",
+              "head_alone_top3", "baseline_top1", "baseline_top3", "baseline_ece",
+              "baseline_coverage_at_95", "semantic_similarity", "median_ms_per_order")
     for key in wanted:
         if key in metrics:
             value = metrics[key]
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     for key in GROUP_KEYS:
         for group, row in (metrics.get(f"by_{key}") or {}).items():
-            base = (f"; baseline top1 {row['baseline_top1']:.4f} top3 "
-                    f"{row['baseline_top3']:.4f}" if "baseline_top1" in row else "")
+            base = (f"; head alone top1 {row['head_alone_top1']:.4f}"
+                    if "head_alone_top1" in row else "")
+            base += (f"; baseline top1 {row['baseline_top1']:.4f} top3 "
+                     f"{row['baseline_top3']:.4f}" if "baseline_top1" in row else "")
             print(f"{key} {group} (n={row['n']}): top1 {row['top1']:.4f} top3 "
                   f"{row['top3']:.4f}{base}")
     print(f"report: {Path(args.out) / 'report.md'}")

@@ -681,10 +681,11 @@ class Trainer:
         return f"models:/{config.register_name}@{config.alias}"
 
     def finish(self) -> TrainResult:
-        """Best weights back; temperature and abstain threshold fitted on the validation
-        subset; model saved; validation report; MLflow artifacts and registration (rank 0)."""
-        from radproto.model.calibration import catalog_probabilities, fit_temperature
-        from radproto.training.evaluate import build_report, coverage_at
+        """Best weights back; the lexical model fitted on the training rows; blend weight,
+        temperature and abstain threshold fitted on calibration_data (else the validation
+        subset); model saved; validation report; MLflow artifacts and registration (rank 0)."""
+        from radproto.training.calibrate import calibrate, labelled_fields
+        from radproto.training.evaluate import build_report
 
         if self.best_state is not None:
             _load_weights(self.loss_module, self.best_state)
@@ -704,16 +705,35 @@ class Trainer:
         labels = np.array([self.catalog.names.index(r["label"]) for r in calib_rows])
         score_start = time.perf_counter()
         # in the service's precision: the temperature must fit the scores it will scale
-        log_probs = classifier.catalog_log_probs(prompt_fields(calib_rows))
+        val_fields = prompt_fields(calib_rows)
+        head_log_probs = classifier.head_log_probs(val_fields)
         score_seconds = time.perf_counter() - score_start
+        calibration = None
         if self.config.calibrate:
-            classifier.temperature = fit_temperature(log_probs, labels)
-        probs = catalog_probabilities(log_probs, classifier.temperature)
-        threshold = self.config.abstain_threshold
-        if threshold < 0:  # derived: the lowest that keeps accepted orders accurate enough
-            _, threshold = coverage_at(probs.max(axis=1), probs.argmax(axis=1) == labels,
-                                       self.config.abstain_accuracy)
-        classifier.abstain_threshold = threshold
+            lexical = None
+            if self.config.lexical:
+                from radproto.training.lexical import fit_lexical
+
+                lexical = fit_lexical(self.train_rows, self.catalog.names)
+            if self.config.calibration_data:
+                from radproto.training.orderfile import read_orders
+
+                source = self.config.calibration_data
+                fields, fit_labels = labelled_fields(read_orders(source, require_label=True),
+                                                     self.catalog, source=source)
+                calibration = calibrate(classifier, fields, fit_labels, lexical=lexical,
+                                        abstain_accuracy=self.config.abstain_accuracy,
+                                        fitted_on=f"{len(fit_labels)} orders of {source}")
+            else:
+                calibration = calibrate(
+                    classifier, val_fields, labels, lexical=lexical,
+                    abstain_accuracy=self.config.abstain_accuracy,
+                    fitted_on=f"{len(calib_rows)} validation orders",
+                    head_log_probs=head_log_probs)
+        log_probs = classifier.blend(head_log_probs, val_fields)
+        if self.config.abstain_threshold >= 0:  # a fixed threshold overrides the derived one
+            classifier.abstain_threshold = self.config.abstain_threshold
+        threshold = classifier.abstain_threshold
         result.temperature = classifier.temperature
         metadata = {
             "train": {"steps": self.step, "stopped": self.stopped,
@@ -725,11 +745,10 @@ class Trainer:
                       "seed": self.config.seed, "device": self.device,
                       "precision": self.precision,
                       "throughput": result.throughput,
-                      "calibration": {"method": "temperature scaling",
-                                      "fitted_on": f"{len(calib_rows)} validation orders",
-                                      "temperature": classifier.temperature,
-                                      "abstain_threshold": threshold,
-                                      "abstain_accuracy": self.config.abstain_accuracy}},
+                      "calibration": ({"method": "blend weight and temperature scaling",
+                                       **calibration.to_dict()} if calibration else
+                                      {"method": "none", "temperature": 1.0,
+                                       "abstain_threshold": threshold})},
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         classifier.save(self.out_dir, metadata=metadata)

@@ -1,0 +1,164 @@
+"""The lexical model and its blend with the protocol head: fitting, scoring, re-keying to a
+site catalog, storage without pickle, the blend weight and `radproto calibrate`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from test_train_support import tiny_llama
+
+from radproto.cli import main
+from radproto.model.calibration import blend_log_probs, fit_blend
+from radproto.model.catalog import Catalog, Protocol, default_catalog
+from radproto.model.classifier import MODEL_FILE, ModelConfig, ProtocolClassifier
+from radproto.model.lexical import LEXICAL_WEIGHTS, load_lexical
+from radproto.training.lexical import fit_lexical
+
+# Four protocols, each with its own vocabulary, in several phrasings.
+PHRASES = {
+    "CT Head WO Contrast": ["fall on warfarin head strike", "head trauma after fall",
+                            "acute confusion after fall hit head", "head injury fall elderly"],
+    "MRI Lumbar Spine WO Contrast": ["low back pain sciatica radiating leg",
+                                     "lumbar radiculopathy leg numbness",
+                                     "back pain with leg weakness", "sciatica for months"],
+    "US Abdomen Right Upper Quadrant": ["right upper quadrant pain after meals gallstones",
+                       "ruq pain murphy sign", "biliary colic fatty meal", "gallbladder pain"],
+    "CT Renal Stone Protocol": ["flank pain haematuria colic", "renal colic loin to groin",
+                                "kidney stone flank pain", "ureteric colic blood in urine"],
+}
+
+
+def rows() -> list[dict]:
+    out = []
+    for label, phrases in PHRASES.items():
+        for i, text in enumerate(phrases * 3):
+            out.append({"history": text, "diagnosis": "", "notes": f"note {i}",
+                        "ordered_exam": "", "label": label})
+    return out
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return default_catalog()
+
+
+@pytest.fixture(scope="module")
+def lexical(catalog):
+    return fit_lexical(rows(), catalog.names)
+
+
+def test_lexical_model_learns_its_protocols_and_gives_unseen_ones_nothing(lexical, catalog):
+    probe = [{"history": "fell and hit his head on warfarin"},
+             {"history": "pain from the loin to the groin with blood in the urine"}]
+    probs = np.exp(lexical.log_probs(probe))
+    assert probs.shape == (2, len(catalog))
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    assert catalog.names[probs[0].argmax()] == "CT Head WO Contrast"
+    assert catalog.names[probs[1].argmax()] == "CT Renal Stone Protocol"
+    unseen = catalog.names.index("MRI Brain W and WO Contrast")
+    assert probs[:, unseen].max() < 1e-6
+
+
+def test_lexical_model_round_trips_without_pickle(lexical, tmp_path):
+    lexical.save(tmp_path)
+    assert not any(p.suffix in (".pkl", ".pickle", ".joblib") for p in tmp_path.iterdir())
+    loaded = load_lexical(tmp_path)
+    probe = [{"history": "gallbladder pain after fatty meal"}, {"history": "sciatica"}]
+    # coefficients are stored in float16: probabilities agree to well under a point
+    assert np.abs(np.exp(loaded.log_probs(probe)) - np.exp(lexical.log_probs(probe))).max() \
+        < 5e-3
+    assert load_lexical(tmp_path / "nowhere") is None
+
+
+def test_lexical_model_re_keys_to_a_site_catalog(lexical):
+    names = ("US Abdomen Right Upper Quadrant", "Site New Protocol", "CT Head WO Contrast")
+    site = lexical.for_catalog(names)
+    assert site.names == names
+    probe = [{"history": "fall on warfarin head strike"}]
+    probs = np.exp(site.log_probs(probe))[0]
+    assert probs.argmax() == 2
+    # the new protocol's row is neutral: no word moves it
+    assert not site.coef[1].any()
+
+
+def test_fit_blend_weighs_the_informative_source():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, size=400)
+    informative = np.log(np.full((400, 6), 0.04))
+    informative[np.arange(400), labels] = np.log(0.8)
+    noise = np.log(rng.dirichlet(np.ones(6), size=400))
+    weight, temperature = fit_blend(noise, informative, labels)
+    assert weight >= 1.0 and temperature > 0
+    weight, _ = fit_blend(informative, noise, labels)
+    assert weight <= 0.1
+    blended = blend_log_probs(noise, informative, 2.0)
+    assert np.allclose(np.exp(blended).sum(axis=1), 1.0)
+
+
+def tiny_classifier(catalog: Catalog) -> ProtocolClassifier:
+    model, tokenizer = tiny_llama(hidden=32, layers=1)
+    return ProtocolClassifier(model.eval(), tokenizer, catalog,
+                              config=ModelConfig(quantization="none"))
+
+
+def test_blend_follows_the_lexical_model_when_it_weighs_more(lexical, catalog):
+    classifier = tiny_classifier(catalog)
+    fields = [{"history": "renal colic loin to groin"}, {"history": "ruq pain murphy sign"}]
+    alone = classifier.catalog_log_probs(fields)
+    classifier.lexical, classifier.lexical_weight = lexical, 0.0
+    assert np.array_equal(classifier.catalog_log_probs(fields), alone)
+    classifier.lexical_weight = 3.0
+    blended = classifier.catalog_log_probs(fields)
+    assert [catalog.names[i] for i in blended.argmax(axis=1)] == [
+        "CT Renal Stone Protocol", "US Abdomen Right Upper Quadrant"]
+    suggestion = classifier.score_orders([fields[0]])[0]
+    assert suggestion.protocol == "CT Renal Stone Protocol"
+    # a site catalog re-keys the lexical rows with the head's
+    site = Catalog([*catalog.protocols[:3], Protocol(name="Site Special", modality="CT",
+                                                     body_region="abdomen", contrast="none")])
+    classifier.catalog = site
+    assert classifier.lexical.names == tuple(site.names)
+
+
+def test_radproto_calibrate_fits_and_saves_the_blend(catalog, tmp_path, capsys):
+    from test_train_support import tiny_llama as build
+
+    model, tokenizer = build(hidden=32, layers=1)
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    config = ModelConfig(base_model=str(base), quantization="none")
+    classifier = ProtocolClassifier(model.eval(), tokenizer, catalog, config=config)
+    classifier.save(tmp_path / "model")
+    data = rows()  # every phrasing in both files, with other notes
+    train = [r for r in data if int(r["notes"].split()[1]) < 8]
+    tune = [r for r in data if int(r["notes"].split()[1]) >= 8]
+    train_file, tune_file = tmp_path / "train.jsonl", tmp_path / "tune.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in train), "utf-8")
+    tune_file.write_text("".join(json.dumps(r) + "\n" for r in tune), "utf-8")
+    out = tmp_path / "calibrated"
+    assert main(["calibrate", "--model", str(tmp_path / "model"), "--data", str(tune_file),
+                 "--lexical-data", str(train_file), "--out", str(out),
+                 "--tracking-uri", ""]) == 0
+    printed = capsys.readouterr().out
+    fitted = json.loads(printed[:printed.rindex("}") + 1])
+    # a random head knows nothing, the words know everything: the blend follows the words
+    assert fitted["head_top1"] < 0.5
+    assert fitted["lexical_weight"] > 0
+    assert fitted["lexical_top1"] > 0.9 and fitted["top1"] > 0.9
+    assert (out / LEXICAL_WEIGHTS).is_file()
+    record = json.loads((out / MODEL_FILE).read_text("utf-8"))
+    assert record["lexical_weight"] == fitted["lexical_weight"]
+    loaded = ProtocolClassifier.load(out)
+    assert loaded.lexical is not None
+    assert loaded.temperature == pytest.approx(fitted["temperature"])
+    suggestion = loaded.score_orders([{"history": "flank pain haematuria colic"}])[0]
+    assert suggestion.protocol == "CT Renal Stone Protocol"
