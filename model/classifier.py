@@ -50,6 +50,7 @@ from radproto.model.loading import (
     load_tokenizer,
     resolve_device,
     resolve_dtype,
+    serving_dtype,
 )
 from radproto.model.order import Order
 from radproto.model.prompt import PROMPT_VERSION
@@ -220,6 +221,13 @@ class ProtocolClassifier:
             self._cuda_log_probs([[filler] * 64] * 8)
         return time.perf_counter() - start
 
+    def merge_for_cpu(self) -> None:
+        """Score on a CPU as the service does: the adapter merged into the base weights and
+        the base in its serving dtype (bf16 where the CPU has native bf16, unless the
+        model's compute_dtype says otherwise). Nothing may train the model afterwards."""
+        if not _on_cuda(self.model):
+            _prepare_for_cpu(self.model, serving_dtype(self.config, "cpu"))
+
     def probabilities(self, log_probs: np.ndarray) -> np.ndarray:
         """Calibrated probabilities over the catalog for catalog_log_probs' output."""
         return catalog_probabilities(log_probs, self.temperature)
@@ -354,6 +362,7 @@ class ProtocolClassifier:
             lexical=load_lexical(path),
             lexical_weight=float(record.get("lexical_weight", 0.0)),
         )
+        classifier.merge_for_cpu()
         if catalog is not None:
             classifier.catalog = catalog  # re-keys the head: new rows from names, drops
         return classifier
@@ -464,6 +473,20 @@ def _weight_files(directory: Path) -> list[Path]:
                 "pytorch_model*.bin", HEAD_FILE)
     found = {p for pattern in patterns for p in directory.glob(pattern) if p.is_file()}
     return sorted(found)
+
+
+def _prepare_for_cpu(model: Any, dtype: Any) -> None:
+    """Serving on a CPU: the adapter merged into the base weights (no LoRA products per
+    call) and the base weights in `dtype`. The LoRA weights themselves stay as trained, so
+    saving the loaded model (radproto calibrate) writes the same adapter."""
+    if hasattr(model, "merge_adapter"):
+        model.merge_adapter()
+    for name, param in model.named_parameters():
+        if "lora_" not in name and param.dtype != dtype and param.is_floating_point():
+            param.data = param.data.to(dtype)
+    for name, buffer in model.named_buffers():
+        if buffer.is_floating_point() and "rotary" not in name and buffer.dtype != dtype:
+            buffer.data = buffer.data.to(dtype)
 
 
 @contextlib.contextmanager

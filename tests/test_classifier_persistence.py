@@ -63,7 +63,8 @@ def catalog() -> Catalog:
 @pytest.fixture(scope="module")
 def trained(base_dir, catalog) -> ProtocolClassifier:
     """A classifier with a LoRA adapter whose weights are not the identity."""
-    config = ModelConfig(base_model=str(base_dir), lora_r=4, lora_alpha=8)
+    config = ModelConfig(base_model=str(base_dir), lora_r=4, lora_alpha=8,
+                         compute_dtype="float32")  # exact round trips: no bf16 serving
     model, tokenizer = load_base_model(config, "cpu")
     model = add_lora(model, config)
     torch.manual_seed(2)
@@ -287,7 +288,7 @@ def test_tokenizer_without_a_spare_token_gets_a_new_pad_deterministically(tmp_pa
 
 def test_untouched_base_saves_a_reference_and_other_weights_save_in_full(base_dir, tmp_path,
                                                                           catalog):
-    config = ModelConfig(base_model=str(base_dir))
+    config = ModelConfig(base_model=str(base_dir), compute_dtype="float32")
     model, tokenizer = load_base_model(config, "cpu")
     base = ProtocolClassifier(model, tokenizer, catalog, config=config,
                               metadata={"kind": "base"})
@@ -301,3 +302,37 @@ def test_untouched_base_saves_a_reference_and_other_weights_save_in_full(base_di
     unknown = ProtocolClassifier(model, tokenizer, catalog, config=config)
     full = unknown.save(tmp_path / "full")
     assert json.loads((full / MODEL_FILE).read_text())["kind"] == "merged"
+
+
+def test_cpu_serving_merges_the_adapter_and_saves_it_unchanged(base_dir, catalog, tmp_path):
+    from safetensors.torch import load_file
+
+    from radproto.model.loading import cpu_has_native_bf16
+
+    config = ModelConfig(base_model=str(base_dir), lora_r=4, lora_alpha=8)  # dtype auto
+    model, tokenizer = load_base_model(config, "cpu")
+    model = add_lora(model, config)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    original = ProtocolClassifier(model.eval(), tokenizer, catalog, config=config)
+    expected = original.probabilities(original.catalog_log_probs(ORDERS))
+    original.save(tmp_path / "first")
+
+    loaded = ProtocolClassifier.load(tmp_path / "first")
+    serving = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    params = dict(loaded.model.named_parameters())
+    assert all(p.dtype == serving for n, p in params.items() if "lora_" not in n)
+    assert all(p.dtype == torch.float32 for n, p in params.items() if "lora_" in n)
+    assert any(getattr(m, "merged", False) for m in loaded.model.modules())
+    got = loaded.probabilities(loaded.catalog_log_probs(ORDERS))
+    assert np.array_equal(got.argmax(axis=1), expected.argmax(axis=1))
+    assert np.abs(got - expected).max() < 0.02
+
+    loaded.save(tmp_path / "second")  # e.g. radproto calibrate: the adapter as trained
+    first = load_file(str(tmp_path / "first" / "adapter_model.safetensors"))
+    second = load_file(str(tmp_path / "second" / "adapter_model.safetensors"))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -42,7 +42,9 @@ def base_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def config(base_dir) -> ModelConfig:
-    return ModelConfig(base_model=str(base_dir), quantization="none", max_length=MAX_LENGTH)
+    # float32 serving on every CPU: these tests compare scores exactly
+    return ModelConfig(base_model=str(base_dir), quantization="none", max_length=MAX_LENGTH,
+                       compute_dtype="float32")
 
 
 @pytest.fixture(scope="module")

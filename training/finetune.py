@@ -38,6 +38,7 @@ import numpy as np
 
 from radproto.model.catalog import Catalog
 from radproto.model.errors import ModelError, RadprotoError
+from radproto.model.loading import cpu_has_native_bf16
 from radproto.training.config import TrainConfig, apply_overrides, load_config, load_preset
 from radproto.training.data import (
     encode_rows,
@@ -701,6 +702,7 @@ class Trainer:
         if not self.dist.main:
             return result
         classifier = self.classifier()
+        classifier.merge_for_cpu()  # calibrate the scores the service will compute
         calib_rows = subsample(self.val_rows, self._calibration_size(), self.config.seed + 1)
         labels = np.array([self.catalog.names.index(r["label"]) for r in calib_rows])
         score_start = time.perf_counter()
@@ -907,16 +909,3 @@ def resolve_precision(requested: str, device: str) -> str:
     if requested != "auto":
         return requested
     return "bf16" if device.startswith("cuda") or cpu_has_native_bf16() else "fp32"
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX).
-
-    Elsewhere (e.g. AVX2-only EPYC Milan) bf16 matrix products are emulated and measured
-    ~8x slower than fp32, so "auto" must not choose them there.
-    """
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
