@@ -38,7 +38,7 @@ from radproto.model.encoding import prompt_token_ids
 from radproto.model.errors import ModelError
 from radproto.model.head import HEAD_FILE, head_for_catalog, load_head, new_head, save_head
 from radproto.model.kernels import cast_frozen_floats, compile_elementwise, lean_lora
-from radproto.model.lexical import LexicalModel, load_lexical
+from radproto.model.lexical import LEXICAL_WEIGHTS, LexicalModel, load_lexical
 from radproto.model.loading import (
     DEFAULT_LORA_TARGETS,
     EMBEDDED_BASE_MODEL,
@@ -463,6 +463,8 @@ def _model_version(directory: Path, record: Mapping[str, Any]) -> str:
     identity = {k: record.get(k) for k in ("kind", "base_model", "model_config",
                                             "catalog_version", "prompt_version",
                                             "temperature", "abstain_threshold")}
+    if record.get("lexical_weight"):  # only blended models: older versions stay as they were
+        identity["lexical_weight"] = record["lexical_weight"]
     digest.update(json.dumps(identity, sort_keys=True).encode())
     return "m-" + digest.hexdigest()[:12]
 
@@ -470,7 +472,7 @@ def _model_version(directory: Path, record: Mapping[str, Any]) -> str:
 def _weight_files(directory: Path) -> list[Path]:
     """The adapter or (possibly sharded) model weight files of a model directory."""
     patterns = ("adapter_model.safetensors", "adapter_model.bin", "model*.safetensors",
-                "pytorch_model*.bin", HEAD_FILE)
+                "pytorch_model*.bin", HEAD_FILE, LEXICAL_WEIGHTS)
     found = {p for pattern in patterns for p in directory.glob(pattern) if p.is_file()}
     return sorted(found)
 
