@@ -271,13 +271,21 @@ def _resize_for_pad(model: Any, size: int) -> None:
                 output.bias[old:] = 0
 
 
-def add_lora(model: Any, config: ModelConfig) -> Any:
-    """The model wrapped with a trainable LoRA adapter on the configured linear layers."""
+def add_lora(model: Any, config: ModelConfig, *, top_layers: int = 0,
+             prepare_kbit: bool = True) -> Any:
+    """The model wrapped with a trainable LoRA adapter on the configured linear layers.
+
+    `top_layers` > 0 puts LoRA on the top N decoder layers only (the frozen layers below
+    need no backward pass). `prepare_kbit`: on a 4-bit base, peft's preparation first (norms
+    in fp32, input gradients for checkpointing); the training loop does its own."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
-        # Casts norms to fp32 and enables input grads for gradient checkpointing on k-bit bases.
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized",
+                                                                        False)
+    if prepare_kbit and quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    n_layers = int(model.config.num_hidden_layers)
+    layers = list(range(n_layers - top_layers, n_layers)) if 0 < top_layers < n_layers else None
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -285,6 +293,7 @@ def add_lora(model: Any, config: ModelConfig) -> Any:
         target_modules=list(config.lora_targets),
         bias="none",
         task_type="CAUSAL_LM",
+        layers_to_transform=layers,
     )
     try:
         return get_peft_model(model, lora)

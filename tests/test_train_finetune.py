@@ -168,12 +168,12 @@ def test_patience_counts_only_evaluations_without_gain(assets: dict, tmp_path: P
 
 
 def test_lora_on_top_layers_only_freezes_the_rest(assets: dict, tmp_path: Path) -> None:
-    from radproto.model.classifier import load_base_model
-    from radproto.training.finetune import add_lora_layers, model_config_for
+    from radproto.model.classifier import add_lora, load_base_model
+    from radproto.training.finetune import model_config_for
 
     config = tiny_config(assets["base"], assets["corpus"], tmp_path / "m", lora_layers=1)
     model, _ = load_base_model(model_config_for(config), "cpu")
-    model = add_lora_layers(model, config)
+    model = add_lora(model, model_config_for(config), top_layers=config.lora_layers)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".layers.1." in n for n in trainable)
 

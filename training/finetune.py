@@ -38,7 +38,7 @@ import numpy as np
 
 from radproto.model.catalog import Catalog
 from radproto.model.errors import ModelError, RadprotoError
-from radproto.model.loading import cpu_has_native_bf16
+from radproto.model.loading import add_lora, cpu_has_native_bf16
 from radproto.training.config import TrainConfig, apply_overrides, load_config, load_preset
 from radproto.training.data import (
     encode_rows,
@@ -129,25 +129,6 @@ def head_loss_module(model: Any, head: Any, *, label_smoothing: float = 0.0) -> 
             return F.cross_entropy(logits, labels, label_smoothing=label_smoothing), logits
 
     return HeadLoss()
-
-
-def add_lora_layers(model: Any, config: TrainConfig) -> Any:
-    """LoRA on the configured linear layers, restricted to the top `lora_layers` layers."""
-    from peft import LoraConfig, get_peft_model
-
-    n_layers = int(model.config.num_hidden_layers)
-    layers = None
-    if 0 < config.lora_layers < n_layers:
-        layers = list(range(n_layers - config.lora_layers, n_layers))
-    lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=list(config.lora_targets), bias="none", task_type="CAUSAL_LM",
-        layers_to_transform=layers,
-    )
-    try:
-        return get_peft_model(model, lora)
-    except ValueError as exc:
-        raise ModelError(f"cannot add LoRA to the model: {exc}") from exc
 
 
 def prepare_packed(model: Any, compute_dtype: Any) -> str:
@@ -263,7 +244,8 @@ class Trainer:
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(config.seed)  # the LoRA init is part of the reproducible state
         head = new_head(model, tokenizer, self.catalog.names)  # rows from the base's names
-        model = add_lora_layers(model, config)
+        model = add_lora(model, self.model_config, top_layers=config.lora_layers,
+                         prepare_kbit=False)  # prepared above, for this loop
         if self.grad_ckpt:
             model.get_base_model().gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
