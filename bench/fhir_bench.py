@@ -7,7 +7,7 @@
 2. CDS Hooks order-select on the third-party requests with a real model: `--model` (or
    RADPROTO_MODEL), else the embedded base model (same size and cost as a fine-tuned one).
 
-    python bench/fhir_bench.py [--orders 400] [--model URI] [--cds-calls 6] [--no-write]
+    python -m bench.fhir_bench [--orders 400] [--model URI] [--cds-calls 6] [--no-write]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import copy
 import json
 import os
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -27,20 +26,19 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-FIXTURES = REPO / ".." / "shared" / "fixtures" / "third_party" / "fhir"
+from bench.report import machine_description, markdown_table, write_section
+from radproto.adapter.fhir_client import FhirSettings
+from radproto.adapter.http_app import ServiceContext, create_app
+from radproto.adapter.pipeline import Pipeline
+from radproto.adapter.settings import ServiceSettings
+from radproto.adapter.store import open_store
+from radproto.adapter.worker import Worker
+from radproto.model.catalog import Catalog, default_catalog
+from radproto.model.prompt import PROMPT_VERSION
+from radproto.model.suggestion import ProtocolScore, Suggestion
 
-from bench.report import machine_description, markdown_table, write_section  # noqa: E402
-from radproto.adapter.fhir_client import FhirSettings  # noqa: E402
-from radproto.adapter.http_app import ServiceContext, create_app  # noqa: E402
-from radproto.adapter.pipeline import Pipeline  # noqa: E402
-from radproto.adapter.settings import ServiceSettings  # noqa: E402
-from radproto.adapter.store import open_store  # noqa: E402
-from radproto.adapter.worker import Worker  # noqa: E402
-from radproto.model.catalog import Catalog, default_catalog  # noqa: E402
-from radproto.model.prompt import PROMPT_VERSION  # noqa: E402
-from radproto.model.suggestion import ProtocolScore, Suggestion  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / ".." / "shared" / "fixtures" / "third_party" / "fhir"
 
 
 class TrivialClassifier:

@@ -2,7 +2,7 @@
 excluded, over loopback, against hl7apy's MLLPServer measured in the same run; plus end-to-end
 latency from message to stored suggestion with the default model when one is registered.
 
-    python bench/mllp_bench.py [--messages 4000] [--rate 100] [--seconds 10]
+    python -m bench.mllp_bench [--messages 4000] [--rate 100] [--seconds 10]
 
 Each server runs in its own process; the load generator is an asyncio client in this one.
 Writes the `mllp` section of docs/benchmarks.md.
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parents[1]))
 
 START, END = b"\x0b", b"\x1c\r"
 CONNECTIONS = 8
@@ -120,7 +119,8 @@ def _free_port() -> int:
 
 def start_server(kind: str, port: int, db: str = "") -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, str(HERE), "--serve", kind, str(port), db],
+    proc = subprocess.Popen([sys.executable, "-m", "bench.mllp_bench", "--serve", kind,
+                             str(port), db], cwd=HERE.parents[1],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != b"ready":
