@@ -80,11 +80,8 @@ def main() -> None:
     from radproto.model.encoding import prompt_token_ids, target_token_ids
     from radproto.model.loading import cpu_has_native_bf16
     from radproto.training.data import prompt_fields
-    from radproto.training.evaluate import (
-        baseline_probabilities,
-        default_corpus_train_rows,
-        train_baseline,
-    )
+    from radproto.training.evaluate import default_corpus_train_rows
+    from radproto.training.metrics import baseline_probabilities, train_baseline
     from radproto.training.orderfile import read_orders
 
     torch.set_num_threads(args.threads)

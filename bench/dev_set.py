@@ -41,7 +41,7 @@ def main() -> None:
     from radproto.model.loading import cpu_has_native_bf16
     from radproto.training.calibrate import labelled_fields
     from radproto.training.corpus import write_corpus
-    from radproto.training.evaluate import classification_metrics, group_accuracy
+    from radproto.training.metrics import classification_metrics, group_accuracy
     from radproto.training.orderfile import read_orders
     from radproto.training.tracking import load_model
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from radproto.model.catalog import Catalog, default_catalog
-from radproto.training.evaluate import (
+from radproto.training.metrics import (
     accuracy_coverage_curve,
-    build_report,
     classification_metrics,
     coverage_at,
     expected_calibration_error,
     semantic_similarity,
 )
+from radproto.training.report import build_report
 
 NAMES = ("A", "B", "C", "D")
 

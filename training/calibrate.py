@@ -72,7 +72,7 @@ def calibrate(classifier: Any, fields: Sequence[Mapping[str, Any]], labels: np.n
 
     The threshold is the lowest confidence at which the accepted orders reach
     `abstain_accuracy`. `head_log_probs` saves the forward pass when the caller has them."""
-    from radproto.training.evaluate import coverage_at
+    from radproto.training.metrics import coverage_at
 
     names = classifier.catalog.names
     head = (head_log_probs if head_log_probs is not None

@@ -675,7 +675,7 @@ class CorpusReport:
     fallback_protocols: list[str] = field(default_factory=list)
     seconds: float = 0.0
     # TF-IDF + logistic regression trained on the train split: {"test": ..., "dev": ...}
-    # as `evaluate.score_baseline` returns them; empty when not run.
+    # as `metrics.score_baseline` returns them; empty when not run.
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
     dev_set: str = ""
 
@@ -798,7 +798,7 @@ def write_corpus(out_dir: str | Path, *, catalog: Catalog | None = None, seed: i
 def _score_baseline(parts: dict[str, list[dict]], catalog: Catalog,
                     dev_set: str | Path | None) -> tuple[dict[str, dict[str, Any]], str]:
     """TF-IDF trained once on the train split, scored on the test split and the dev set."""
-    from radproto.training.evaluate import score_baseline, train_baseline
+    from radproto.training.metrics import score_baseline, train_baseline
     from radproto.training.orderfile import read_orders
 
     names = catalog.names

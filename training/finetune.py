@@ -668,7 +668,7 @@ class Trainer:
         temperature and abstain threshold fitted on calibration_data (else the validation
         subset); model saved; validation report; MLflow artifacts and registration (rank 0)."""
         from radproto.training.calibrate import calibrate, labelled_fields
-        from radproto.training.evaluate import build_report
+        from radproto.training.report import build_report
 
         if self.best_state is not None:
             _load_weights(self.loss_module, self.best_state)
