@@ -161,3 +161,16 @@ def test_radproto_calibrate_fits_and_saves_the_blend(catalog, tmp_path, capsys):
     assert loaded.temperature == pytest.approx(fitted["temperature"])
     suggestion = loaded.score_orders([{"history": "flank pain haematuria colic"}])[0]
     assert suggestion.protocol == "CT Renal Stone Protocol"
+
+
+def test_training_refuses_a_missing_calibration_file_before_it_trains(tmp_path):
+    from radproto.model.errors import ConfigError
+    from radproto.training.config import load_preset
+    from radproto.training.finetune import train
+
+    config = load_preset("tiny-test").replace(
+        calibration_data=str(tmp_path / "nowhere.jsonl"), out_dir=str(tmp_path / "m"))
+    with pytest.raises(ConfigError) as caught:
+        train(config, default_catalog(), progress=False)
+    assert caught.value.field == "calibration_data"
+    assert not (tmp_path / "m").exists()  # nothing was trained or written

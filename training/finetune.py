@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from radproto.model.catalog import Catalog
-from radproto.model.errors import ModelError, RadprotoError
+from radproto.model.errors import ConfigError, ModelError, RadprotoError
 from radproto.model.loading import add_lora, cpu_has_native_bf16
 from radproto.training.config import TrainConfig, apply_overrides, load_config, load_preset
 from radproto.training.data import (
@@ -807,6 +807,13 @@ def train(config: TrainConfig, catalog: Catalog, *, resume: bool = False,
           progress: bool = True,
           on_step: Callable[[int, Trainer], None] | None = None) -> TrainResult:
     """Train, calibrate, save to config.out_dir, log to MLflow, register if configured."""
+    if config.calibrate and config.calibration_data and \
+            not Path(config.calibration_data).is_file():
+        # found out now, not after the training run
+        raise ConfigError(f"calibration_data '{config.calibration_data}' is not a file (the "
+                          "default preset fits on eval/tune.jsonl of a radproto checkout; "
+                          "give another labelled order file or --set calibration_data=)",
+                          field="calibration_data")
     trainer = Trainer(config, catalog, resume=resume, progress=progress, on_step=on_step)
     if resume and trainer.checkpoint_path.is_file():
         import torch
