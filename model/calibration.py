@@ -67,9 +67,10 @@ def fit_temperature(log_probs: np.ndarray, label_indices: np.ndarray) -> float:
 
 def blend_log_probs(head: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
     """log_softmax(head + weight * lexical) over the catalog (last axis)."""
+    from scipy.special import log_softmax
+
     combined = np.asarray(head, dtype=np.float64) + weight * np.asarray(lexical, np.float64)
-    combined -= combined.max(axis=-1, keepdims=True)
-    return combined - np.log(np.exp(combined).sum(axis=-1, keepdims=True))
+    return log_softmax(combined, axis=-1)
 
 
 #: Lexical weights tried by fit_blend: the NLL surface is smooth and flat near its minimum,

@@ -60,20 +60,23 @@ def catalog() -> Catalog:
     return load_catalog()
 
 
-@pytest.fixture(scope="module")
-def trained(base_dir, catalog) -> ProtocolClassifier:
+def adapted(config: ModelConfig, catalog, seed: int, **kwargs) -> ProtocolClassifier:
     """A classifier with a LoRA adapter whose weights are not the identity."""
-    config = ModelConfig(base_model=str(base_dir), lora_r=4, lora_alpha=8,
-                         compute_dtype="float32")  # exact round trips: no bf16 serving
     model, tokenizer = load_base_model(config, "cpu")
     model = add_lora(model, config)
-    torch.manual_seed(2)
+    torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.5)  # LoRA B starts at zero: make the adapter matter
-    return ProtocolClassifier(model.eval(), tokenizer, catalog, config=config,
-                              temperature=1.7, abstain_threshold=0.3)
+    return ProtocolClassifier(model.eval(), tokenizer, catalog, config=config, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained(base_dir, catalog) -> ProtocolClassifier:
+    config = ModelConfig(base_model=str(base_dir), lora_r=4, lora_alpha=8,
+                         compute_dtype="float32")  # exact round trips: no bf16 serving
+    return adapted(config, catalog, 2, temperature=1.7, abstain_threshold=0.3)
 
 
 def test_model_config_validates_and_round_trips():
@@ -310,14 +313,7 @@ def test_cpu_serving_merges_the_adapter_and_saves_it_unchanged(base_dir, catalog
     from radproto.model.loading import cpu_has_native_bf16
 
     config = ModelConfig(base_model=str(base_dir), lora_r=4, lora_alpha=8)  # dtype auto
-    model, tokenizer = load_base_model(config, "cpu")
-    model = add_lora(model, config)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    original = ProtocolClassifier(model.eval(), tokenizer, catalog, config=config)
+    original = adapted(config, catalog, 3)
     expected = original.probabilities(original.catalog_log_probs(ORDERS))
     original.save(tmp_path / "first")
 

@@ -230,6 +230,19 @@ class Trainer:
         # -- data ------------------------------------------------------------------------
         self.train_rows, valid_rows = load_training_data(config, self.catalog)
         self.val_rows = subsample(valid_rows, config.val_size, config.seed)
+        # Calibration's inputs, ready before training so that a wall budget counts them.
+        self.calibration_rows: list[dict[str, Any]] = []
+        self.lexical = None
+        if config.calibrate and self.dist.main:
+            if config.calibration_data:
+                from radproto.training.orderfile import read_orders
+
+                self.calibration_rows = read_orders(config.calibration_data,
+                                                    require_label=True)
+            if config.lexical:
+                from radproto.training.lexical import fit_lexical
+
+                self.lexical = fit_lexical(self.train_rows, self.catalog.names)
 
         # -- model: base, LoRA, head -----------------------------------------------------
         self.model_config = model_config_for(config)
@@ -489,7 +502,8 @@ class Trainer:
         self.classifier().catalog_log_probs(prompt_fields(probe))
         per_order = (time.perf_counter() - start) / max(len(probe), 1)
         self.loss_module.train()
-        calib = self._calibration_size() if self.config.calibrate else 0
+        calib = (self._calibration_size() + len(self.calibration_rows)
+                 if self.config.calibrate else 0)
         reserve = 1.15 * calib * per_order + _FINISH_SECONDS
         left = wall - (time.perf_counter() - self.started) - reserve
         left = all_sum([max(left, 0.0)], self.dist)[0] / self.dist.world  # one budget for all
@@ -668,6 +682,7 @@ class Trainer:
         temperature and abstain threshold fitted on calibration_data (else the validation
         subset); model saved; validation report; MLflow artifacts and registration (rank 0)."""
         from radproto.training.calibrate import calibrate, labelled_fields
+        from radproto.training.metrics import coverage_at
         from radproto.training.report import build_report
 
         if self.best_state is not None:
@@ -693,30 +708,26 @@ class Trainer:
         head_log_probs = classifier.head_log_probs(val_fields)
         score_seconds = time.perf_counter() - score_start
         calibration = None
-        if self.config.calibrate:
-            lexical = None
-            if self.config.lexical:
-                from radproto.training.lexical import fit_lexical
-
-                lexical = fit_lexical(self.train_rows, self.catalog.names)
-            if self.config.calibration_data:
-                from radproto.training.orderfile import read_orders
-
-                source = self.config.calibration_data
-                fields, fit_labels = labelled_fields(read_orders(source, require_label=True),
-                                                     self.catalog, source=source)
-                calibration = calibrate(classifier, fields, fit_labels, lexical=lexical,
-                                        abstain_accuracy=self.config.abstain_accuracy,
-                                        fitted_on=f"{len(fit_labels)} orders of {source}")
-            else:
-                calibration = calibrate(
-                    classifier, val_fields, labels, lexical=lexical,
-                    abstain_accuracy=self.config.abstain_accuracy,
-                    fitted_on=f"{len(calib_rows)} validation orders",
-                    head_log_probs=head_log_probs)
+        if self.config.calibrate and self.calibration_rows:
+            source = self.config.calibration_data
+            fields, fit_labels = labelled_fields(self.calibration_rows, self.catalog,
+                                                 source=source)
+            calibration = calibrate(classifier, fields, fit_labels, lexical=self.lexical,
+                                    abstain_accuracy=self.config.abstain_accuracy,
+                                    fitted_on=f"{len(fit_labels)} orders of {source}")
+        elif self.config.calibrate:
+            calibration = calibrate(classifier, val_fields, labels, lexical=self.lexical,
+                                    abstain_accuracy=self.config.abstain_accuracy,
+                                    fitted_on=f"{len(calib_rows)} validation orders",
+                                    head_log_probs=head_log_probs)
         log_probs = classifier.blend(head_log_probs, val_fields)
         if self.config.abstain_threshold >= 0:  # a fixed threshold overrides the derived one
             classifier.abstain_threshold = self.config.abstain_threshold
+        elif calibration is None:  # nothing fitted: derived from the validation scores
+            probs = classifier.probabilities(log_probs)
+            _, classifier.abstain_threshold = coverage_at(
+                probs.max(axis=1), probs.argmax(axis=1) == labels,
+                self.config.abstain_accuracy)
         threshold = classifier.abstain_threshold
         result.temperature = classifier.temperature
         metadata = {
