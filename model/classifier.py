@@ -36,7 +36,14 @@ from radproto.model.catalog import Catalog, default_catalog
 from radproto.model.cuda_scoring import BatchedScorer, GraphedScorer
 from radproto.model.encoding import prompt_token_ids
 from radproto.model.errors import ModelError
-from radproto.model.head import HEAD_FILE, head_for_catalog, load_head, new_head, save_head
+from radproto.model.head import (
+    HEAD_FILE,
+    head_for_catalog,
+    load_head,
+    new_head,
+    offload_output_embeddings,
+    save_head,
+)
 from radproto.model.kernels import cast_frozen_floats, compile_elementwise, lean_lora
 from radproto.model.lexical import LEXICAL_WEIGHTS, LexicalModel, load_lexical
 from radproto.model.loading import (
@@ -210,6 +217,7 @@ class ProtocolClassifier:
         if not _on_cuda(self.model):
             return 0.0
         start = time.perf_counter()
+        offload_output_embeddings(self.model)  # the head reads hidden states: 0.4 GB on a 7B
         if compile_kernels:
             compile_elementwise(self.model)
         filler = self.tokenizer.eos_token_id

@@ -36,22 +36,15 @@ def split_model(model: Any) -> tuple[Any, Any]:
 def last_hidden_states(model: Any, input_ids: Any, lengths: Any) -> Any:
     """[B, H] final hidden state at each row's last real token (rows right-padded).
 
-    The mask goes in as an explicit [B, 1, T, T] boolean (causal, real tokens only), built
-    on the device without a host sync, so the same call can be captured in a CUDA graph."""
+    No attention mask goes in: with right padding, a real token's causal window holds only
+    real tokens, so plain causal attention is exact for every position read here, and the
+    decoder takes its fastest kernel (SDPA's causal flash path on CUDA, no [B, T, T] mask
+    built). What the padding positions compute is never read. The call has no host sync,
+    so it can be captured in a CUDA graph."""
     import torch
 
     backbone, _ = split_model(model)
-    width = input_ids.shape[1]
-    positions = torch.arange(width, device=input_ids.device)
-    real = positions[None, :] < lengths[:, None]  # [B, T]
-    allowed = (positions[None, :] <= positions[:, None])[None] & real[:, None, :]
-    mask = allowed[:, None]  # a padding row still sees token 0: no empty softmax row
-    if _attention_implementation(backbone) == "eager":  # eager adds the mask to the scores
-        dtype = backbone.get_input_embeddings().weight.dtype
-        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-            ~mask, torch.finfo(dtype).min)
-    hidden = backbone(input_ids=input_ids, attention_mask=mask, use_cache=False
-                      ).last_hidden_state
+    hidden = backbone(input_ids=input_ids, use_cache=False).last_hidden_state
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
 
 
@@ -61,10 +54,10 @@ def _attention_implementation(backbone: Any) -> str:
 
 @contextmanager
 def mask_capable_attention(model: Any) -> Iterator[None]:
-    """Run under an attention implementation that honours an explicit mask (SDPA, eager).
+    """Run under a plain causal attention implementation (SDPA, eager).
 
-    A model set up for packed training attends through a varlen kernel, which ignores it;
-    the model's own setting comes back afterwards."""
+    A model set up for packed training attends through the varlen kernel, which needs the
+    packed batch's example boundaries; the model's own setting comes back afterwards."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if _attention_implementation(base) in ("sdpa", "eager"):
         yield

@@ -208,7 +208,7 @@ class Trainer:
     def setup(self) -> None:
         import torch
 
-        from radproto.model.head import new_head
+        from radproto.model.head import new_head, offload_output_embeddings
         from radproto.model.loading import load_base_model, resolve_dtype
 
         config = self.config
@@ -257,6 +257,8 @@ class Trainer:
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(config.seed)  # the LoRA init is part of the reproducible state
         head = new_head(model, tokenizer, self.catalog.names)  # rows from the base's names
+        if self.dist.world == 1:  # DDP wants every parameter on one device type
+            offload_output_embeddings(model)  # the head reads hidden states, not the vocabulary
         model = add_lora(model, self.model_config, top_layers=config.lora_layers,
                          prepare_kbit=False)  # prepared above, for this loop
         if self.grad_ckpt:
