@@ -39,8 +39,8 @@ from bench.report import markdown_table, write_section
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT / ".benchdata" / "corpus"
 # variant name -> (packing, examples per micro-batch); the peers run bench/gpu_peers.py
-VARIANTS = {"padded_b16": ("off", 16), "packed_b16": ("on", 16), "packed_b32": ("on", 32),
-            "packed_b64": ("on", 64)}
+VARIANTS = {"padded_b16": ("off", 16), "packed_b16": ("on", 16), "packed_b24": ("on", 24),
+            "packed_b32": ("on", 32), "packed_b64": ("on", 64)}
 PEERS = ("hf_padded", "trl_padding_free")
 SECTION = "gpu-command"
 
@@ -97,6 +97,7 @@ def train_config(model_dir: Path, corpus: Path, out_dir: Path, *, packing: str, 
         "warmup_steps": 5, "max_steps": steps, "epochs": 0.0, "batch_size": batch,
         "eval_interval": steps, "patience": 0, "log_interval": 10, "seed": 13,
         "baseline": False, "tracking_uri": "", "out_dir": str(out_dir),
+        "lexical": False,  # the LLM path is what is timed (and scikit-learn is not on the card)
     }
 
 
@@ -186,6 +187,19 @@ start = time.perf_counter()
 batched = clf.score_orders(rows)
 burst_s = time.perf_counter() - start
 peak_batched = peak()
+fields = [dict(r) for r in rows]
+sync()
+start = time.perf_counter()
+clf.head_log_probs(fields)  # the decoder and head alone: no suggestion objects, no blend
+sync()
+head_s = time.perf_counter() - start
+if cuda and len(sys.argv) > 7 and sys.argv[7]:
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        clf.head_log_probs(fields[:128])
+        sync()
+    with open(sys.argv[7], "w") as f:
+        f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
 times, singles = [], []
 for row in rows[:n_single]:
     sync()
@@ -202,6 +216,7 @@ print("SERVE", json.dumps({
     "load_seconds": round(load_s, 1), "prepare_seconds": round(prepare_s, 1),
     "compile_kernels": compile_kernels, "batch_tokens": batch_tokens, "orders": len(rows),
     "burst_orders_per_s": round(len(rows) / burst_s, 1),
+    "head_orders_per_s": round(len(rows) / head_s, 1),
     "single_p50_ms": round(statistics.median(times), 2),
     "single_p95_ms": round(times[int(0.95 * (len(times) - 1))], 2),
     "graph_buckets": len(clf._cuda_scorers["graphed"].graphs) if cuda else 0,
@@ -215,12 +230,14 @@ print("SERVE", json.dumps({
 
 
 def run_serve(model_dir: Path, corpus: Path, logs: Path, *, n_orders: int,
-              n_single: int, compile_kernels: bool, batch_tokens: int) -> dict[str, Any]:
+              n_single: int, compile_kernels: bool, batch_tokens: int,
+              profile: Path | None = None) -> dict[str, Any]:
     """Load the saved model as the service does and score a burst, then single orders
-    (a fresh process each time: its peak memory is the serving process's)."""
+    (a fresh process each time: its peak memory is the serving process's); `profile`: where
+    to write the CUDA profile of one 128-order batch."""
     proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, str(model_dir), str(corpus),
                            str(n_orders), str(n_single), "1" if compile_kernels else "0",
-                           str(batch_tokens)],
+                           str(batch_tokens), str(profile or "")],
                           capture_output=True, text=True, cwd=ROOT, check=False)
     logs.mkdir(parents=True, exist_ok=True)
     (logs / f"serve_t{batch_tokens}{'_compiled' if compile_kernels else ''}.log").write_text(
@@ -265,7 +282,8 @@ def run(args: argparse.Namespace) -> None:
         served.append({"model": args.serve, **run_serve(
             work / "runs" / args.serve, Path(args.corpus), out / "logs",
             n_orders=args.serve_orders, n_single=args.serve_single,
-            compile_kernels=compiled == "compile", batch_tokens=int(tokens))})
+            compile_kernels=compiled == "compile", batch_tokens=int(tokens),
+            profile=out / f"profile_{setting}.txt" if args.profile else None)})
         rec.put("serve", served)
     print(render([rec.data]))
 
@@ -318,13 +336,13 @@ def render(results: list[dict[str, Any]]) -> str:
         for serve in data.get("serve", []):
             if "error" in serve:
                 rows.append([serve["model"], serve["error"][:200].replace("|", "/"), "", "", "",
-                             "", "", ""])
+                             "", "", "", ""])
                 continue
             rows.append([
                 serve["model"], serve.get("batch_tokens"),
                 "on" if serve["compile_kernels"] else "off",
                 f"{serve['load_seconds']} s + {serve['prepare_seconds']} s",
-                _n(serve["burst_orders_per_s"], 1),
+                _n(serve["burst_orders_per_s"], 1), _n(serve.get("head_orders_per_s"), 1),
                 f"{serve['single_p50_ms']} / {serve['single_p95_ms']} ms",
                 f"max abs. Δp {serve['single_vs_batched_max_abs_dp']}, top-1 agree "
                 f"{serve['single_vs_batched_top1_agreement']:.0%}",
@@ -333,7 +351,8 @@ def render(results: list[dict[str, Any]]) -> str:
         if rows:
             parts.append(markdown_table(
                 ["served model", "batch tokens", "compiled kernels",
-                 "load + prepare_for_serving", "burst orders/s", "single order p50 / p95",
+                 "load + prepare_for_serving", "burst orders/s",
+                 "decoder + head alone, orders/s", "single order p50 / p95",
                  "single (graph) vs batched", "peak memory"], rows))
     return "\n\n".join(parts)
 
@@ -437,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch tokens per serving run, +compile for compiled kernels")
     p.add_argument("--serve-orders", type=int, default=512)
     p.add_argument("--serve-single", type=int, default=100)
+    p.add_argument("--profile", action="store_true",
+                   help="write the CUDA profile of one 128-order batch per serving run")
     p.add_argument("--tiny", action="store_true", help="a 2-layer model: a CPU smoke run")
     p.add_argument("--deadline", type=float, default=420.0,
                    help="seconds after which no further run starts")
