@@ -9,7 +9,7 @@
     │   ├── HL7Error              a located HL7 v2 error (ERR)      fhir_mappings/hl7v2_types.py
     │   └── FhirValidationError   a resource breaks FHIR or a rule  fhir_mappings/fhir_validate.py
     ├── ModelError                a model cannot be loaded, trained or scored
-    ├── TrainingInterrupted       a stop signal ended training      training/finetune.py
+    ├── TrainingInterrupted       a stop signal ended training      training/stopping.py
     ├── StoreUnavailable          the store cannot be reached       adapter/store/types.py
     ├── AuthError                 a caller is not authenticated     adapter/security/principal.py
     └── InterfaceError            talking to a peer system failed

@@ -12,7 +12,7 @@ from test_train_support import wide_llama, with_lora
 from radproto.model import kernels
 from radproto.model.catalog import default_catalog
 from radproto.model.head import new_head
-from radproto.training.finetune import head_loss_module, prepare_packed
+from radproto.training.model_setup import head_loss_module, prepare_packed
 from radproto.training.packing import pack_examples, pad_examples
 
 N_PROTOCOLS = 12

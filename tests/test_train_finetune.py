@@ -11,16 +11,12 @@ import torch
 from test_train_support import small_catalog, tiny_config, write_small_corpus, write_tiny_base
 
 from radproto.model.errors import ConfigError
-from radproto.training import finetune
+from radproto.training.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE
 from radproto.training.config import apply_overrides, load_config, load_preset
 from radproto.training.data import epoch_batches
-from radproto.training.finetune import (
-    CHECKPOINT_DIR,
-    CHECKPOINT_FILE,
-    TrainingInterrupted,
-    learning_rate,
-    train,
-)
+from radproto.training.finetune import train
+from radproto.training.stopping import TrainingInterrupted
+from radproto.training.trainer import Trainer, learning_rate
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +67,7 @@ def test_resume_ends_in_the_same_state_as_an_uninterrupted_run(assets: dict,
 
     split = tiny_config(assets["base"], assets["corpus"], tmp_path / "split", **common)
 
-    def interrupt(step: int, trainer: finetune.Trainer) -> None:
+    def interrupt(step: int, trainer: Trainer) -> None:
         if step == 3:  # between two checkpoints: the stop itself must checkpoint
             trainer.request_stop()
 
@@ -118,7 +114,7 @@ def test_early_stopping_stops_and_keeps_the_best_weights(assets: dict, tmp_path:
     # and the saved head is the step-0 head: rows from the names, no bias
     from radproto.model.classifier import load_base_model
     from radproto.model.head import name_rows
-    from radproto.training.finetune import model_config_for
+    from radproto.training.model_setup import model_config_for
 
     head = load_file(tmp_path / "m" / "protocol_head.safetensors")
     base, tokenizer = load_base_model(model_config_for(config), "cpu")
@@ -169,7 +165,7 @@ def test_patience_counts_only_evaluations_without_gain(assets: dict, tmp_path: P
 
 def test_lora_on_top_layers_only_freezes_the_rest(assets: dict, tmp_path: Path) -> None:
     from radproto.model.classifier import add_lora, load_base_model
-    from radproto.training.finetune import model_config_for
+    from radproto.training.model_setup import model_config_for
 
     config = tiny_config(assets["base"], assets["corpus"], tmp_path / "m", lora_layers=1)
     model, _ = load_base_model(model_config_for(config), "cpu")
@@ -204,7 +200,7 @@ def test_packed_training_follows_the_padded_run(assets: dict, tmp_path: Path) ->
 
 
 def test_auto_precision_uses_bf16_only_where_the_cpu_has_it() -> None:
-    from radproto.training.finetune import cpu_has_native_bf16, resolve_precision
+    from radproto.training.model_setup import cpu_has_native_bf16, resolve_precision
 
     flags = set()
     cpuinfo = Path("/proc/cpuinfo")

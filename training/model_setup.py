@@ -1,0 +1,173 @@
+"""The model in training: the base with LoRA on its top layers and the protocol head, the
+loss module DDP wraps, packed rows, the optimizer, and the trained tensors a checkpoint holds.
+
+    build_model:      base (NF4 on CUDA) -> head rows from the protocols' names -> LoRA
+                      -> gradient checkpointing -> packed rows (varlen attention)
+    head_loss_module: (loss, logits) of a padded batch or a packed row
+    build_optimizer:  AdamW (paged 8-bit on CUDA) over LoRA and the head, the head at its rate
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from radproto.model.catalog import Catalog
+from radproto.model.errors import ModelError
+from radproto.model.loading import add_lora, cpu_has_native_bf16
+from radproto.training.config import TrainConfig
+
+
+def model_config_for(config: TrainConfig) -> Any:
+    from radproto.model.loading import ModelConfig
+
+    return ModelConfig(
+        base_model=config.base_model, quantization=config.quantization,
+        lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        lora_targets=tuple(config.lora_targets), max_length=config.max_length,
+        compute_dtype="auto",
+    )
+
+
+def default_cache_dir(config: TrainConfig) -> Path:
+    from radproto.model.loading import default_cache_dir as model_cache_dir
+
+    return Path(config.cache_dir).expanduser() if config.cache_dir else model_cache_dir()
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """ "fp32" or "bf16" for a config's precision ("auto" decides by the hardware)."""
+    if requested != "auto":
+        return requested
+    return "bf16" if device.startswith("cuda") or cpu_has_native_bf16() else "fp32"
+
+
+def build_model(config: TrainConfig, model_config: Any, catalog: Catalog, device: str, *,
+                grad_ckpt: bool, packing: bool, world: int) -> tuple[Any, Any, Any, str]:
+    """(model, tokenizer, head, attention): the base model with LoRA on the top layers, the
+    protocol head (rows from the base's embeddings of the protocols' names), ready for this
+    loop; `attention` is the implementation the model had before packed rows replaced it
+    ("" when not packing)."""
+    import torch
+
+    from radproto.model.head import new_head, offload_output_embeddings
+    from radproto.model.loading import load_base_model, resolve_dtype
+
+    model, tokenizer = load_base_model(model_config, device,
+                                       cache_dir=default_cache_dir(config))
+    if getattr(model, "is_loaded_in_4bit", False) and not packing:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=grad_ckpt,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(config.seed)  # the LoRA init is part of the reproducible state
+    head = new_head(model, tokenizer, catalog.names)  # rows from the base's names
+    if world == 1:  # DDP wants every parameter on one device type
+        offload_output_embeddings(model)  # the head reads hidden states, not the vocabulary
+    model = add_lora(model, model_config, top_layers=config.lora_layers,
+                     prepare_kbit=False)  # prepared above, for this loop
+    if grad_ckpt:
+        model.get_base_model().gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    attention = ""
+    if packing:
+        attention = prepare_packed(model, resolve_dtype(model_config, device))
+    return model, tokenizer, head, attention
+
+
+def head_loss_module(model: Any, head: Any, *, label_smoothing: float = 0.0) -> Any:
+    """A torch Module (so DDP can wrap the whole forward) returning (loss, logits): the
+    cross-entropy over the catalog of the head's logits at each prompt's last token.
+
+    A padded batch gives input_ids [B, T] and lengths [B]; a packed row gives input_ids
+    [1, T], position_ids and cu_seqlens (attention bounded per example by the varlen
+    kernel registered in model/kernels.py)."""
+    import torch
+    import torch.nn.functional as F
+
+    from radproto.model.scoring import last_hidden_states, split_model
+
+    class HeadLoss(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.head = head
+
+        def forward(self, input_ids: Any, labels: Any, lengths: Any = None,
+                    position_ids: Any = None, cu_seqlens: Any = None,
+                    max_seqlen: int = 0) -> tuple[Any, Any]:
+            if cu_seqlens is None:
+                hidden = last_hidden_states(self.model, input_ids, lengths)
+            else:
+                backbone, _ = split_model(self.model)
+                rows = backbone(input_ids=input_ids, position_ids=position_ids,
+                                cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens,
+                                max_length_q=max_seqlen, max_length_k=max_seqlen,
+                                use_cache=False).last_hidden_state[0]
+                hidden = rows.index_select(0, (cu_seqlens[1:] - 1).long())
+            logits = self.head(hidden)
+            return F.cross_entropy(logits, labels, label_smoothing=label_smoothing), logits
+
+    return HeadLoss()
+
+
+def prepare_packed(model: Any, compute_dtype: Any) -> str:
+    """Ready a peft model for packed rows (in place): varlen attention, frozen weights in
+    the compute dtype, lean LoRA. Returns the attention implementation it had."""
+    from radproto.model.kernels import (
+        VARLEN_ATTENTION,
+        cast_frozen_floats,
+        lean_lora,
+        register_varlen_attention,
+        set_attention,
+    )
+
+    register_varlen_attention()
+    previous = set_attention(model, VARLEN_ATTENTION)
+    cast_frozen_floats(model, compute_dtype)
+    lean_lora(model)
+    return previous
+
+
+def build_optimizer(loss_module: Any, head: Any, config: TrainConfig, kind: str
+                    ) -> tuple[Any, list[float], list[Any]]:
+    """(optimizer, lr scale per param group, trained parameters): LoRA and the head, the
+    head at its own rate if head_learning_rate is given."""
+    import torch
+
+    lora = [p for n, p in trainable(loss_module).items() if not n.startswith("head.")]
+    head_params = list(head.parameters())
+    head_lr = config.head_learning_rate or config.learning_rate
+    lr_scale = [1.0, head_lr / config.learning_rate]
+    groups = [{"params": lora}, {"params": head_params}]
+    if kind == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.PagedAdamW8bit(groups, lr=config.learning_rate,
+                                             weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.learning_rate,
+                                      weight_decay=config.weight_decay)
+    return optimizer, lr_scale, lora + head_params
+
+
+def trainable(module: Any) -> dict[str, Any]:
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+
+def copy_weights(module: Any) -> dict[str, Any]:
+    return {n: p.detach().clone() for n, p in trainable(module).items()}
+
+
+def load_weights(module: Any, state: dict[str, Any]) -> None:
+    import torch
+
+    params = trainable(module)
+    missing = set(params) - set(state)
+    if missing:
+        raise ModelError(f"checkpoint lacks {len(missing)} trained tensors, e.g. {min(missing)}")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name])
