@@ -27,8 +27,8 @@ DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
 
 def default_model_uri(tracking_uri: str) -> str:
     """The champion's URI if the registry holds it, else the shipped model's ("default")."""
-    from radproto.model.classifier import SHIPPED_MODEL
     from radproto.model.registry import registry_has
+    from radproto.model.sources import SHIPPED_MODEL
 
     if tracking_uri and registry_has(DEFAULT_MODEL_URI, tracking_uri=tracking_uri):
         return DEFAULT_MODEL_URI
@@ -39,7 +39,7 @@ def load_default_classifier(settings: ServiceSettings, catalog: Any, *,
                             uri: str | None = None) -> tuple[Classifier, str]:
     """The configured model (or `uri`), or the default one: models:/radproto@champion if
     the registry holds it, else the model shipped with radproto (adapter/default_model.py)."""
-    from radproto.model.classifier import load_classifier
+    from radproto.model.sources import load_classifier
 
     uri = uri or settings.model
     if not uri:

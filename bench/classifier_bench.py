@@ -76,9 +76,10 @@ def main() -> None:
 
     import torch
 
-    from radproto.model.classifier import MODEL_FILE, ProtocolClassifier, load_classifier
+    from radproto.model.classifier import MODEL_FILE, ProtocolClassifier
     from radproto.model.encoding import prompt_token_ids, target_token_ids
     from radproto.model.loading import cpu_has_native_bf16
+    from radproto.model.sources import load_classifier
     from radproto.training.data import prompt_fields
     from radproto.training.evaluate import default_corpus_train_rows
     from radproto.training.metrics import baseline_probabilities, train_baseline
@@ -170,7 +171,7 @@ def main() -> None:
 
 def _model_directory(classifier: Any, args: argparse.Namespace) -> Path:
     """The directory the classifier was loaded from (the shipped one for 'default')."""
-    from radproto.model.classifier import shipped_model_dir
+    from radproto.model.sources import shipped_model_dir
 
     if args.model == "default":
         return shipped_model_dir()

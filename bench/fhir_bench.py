@@ -203,7 +203,7 @@ def cds_section(model_uri: str | None, calls: int) -> str:
 
 def load_model(uri: str | None):
     """`--model` / RADPROTO_MODEL when given, else the embedded base model."""
-    from radproto.model.classifier import load_classifier
+    from radproto.model.sources import load_classifier
 
     if uri:
         return load_classifier(uri), uri

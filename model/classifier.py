@@ -1,9 +1,11 @@
 """The protocol classifier: a causal LM with a protocol head scores every catalog protocol.
 
-The public entry point of the model. Loading lives in loading.py, the tokenization in
+The model's core type. Loading the base lives in loading.py, the tokenization in
 encoding.py, the head in head.py, the one-pass scoring in scoring.py (CPU) and
 cuda_scoring.py (GPU), temperature scaling in calibration.py; this module ties them together
-and saves/loads model directories.
+and saves/loads model directories (the record: model_dir.py). A model by URI ("default",
+"embedded", models:/, runs:/): `load_classifier` in sources.py, built on
+`ProtocolClassifier.load`.
 
 A model directory holds `radproto_model.json` (base model reference, ModelConfig, the
 catalog whose protocols the head has rows for, prompt version, temperature, abstain
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,12 +33,11 @@ from radproto.model.calibration import (
     catalog_probabilities,
     fit_temperature,
 )
-from radproto.model.catalog import Catalog, default_catalog
+from radproto.model.catalog import Catalog
 from radproto.model.cuda_scoring import BatchedScorer, GraphedScorer
 from radproto.model.encoding import prompt_token_ids
 from radproto.model.errors import ModelError
 from radproto.model.head import (
-    HEAD_FILE,
     head_for_catalog,
     load_head,
     new_head,
@@ -45,7 +45,7 @@ from radproto.model.head import (
     save_head,
 )
 from radproto.model.kernels import cast_frozen_floats, compile_elementwise, lean_lora
-from radproto.model.lexical import LEXICAL_WEIGHTS, LexicalModel, load_lexical
+from radproto.model.lexical import LexicalModel, load_lexical
 from radproto.model.loading import (
     DEFAULT_LORA_TARGETS,
     EMBEDDED_BASE_MODEL,
@@ -59,6 +59,7 @@ from radproto.model.loading import (
     resolve_dtype,
     serving_dtype,
 )
+from radproto.model.model_dir import FORMAT_VERSION, MODEL_FILE, model_version, read_record
 from radproto.model.order import Order
 from radproto.model.prompt import PROMPT_VERSION
 from radproto.model.scoring import head_log_probs, mask_capable_attention
@@ -76,16 +77,11 @@ __all__ = [
     "ensure_pad_token",
     "fit_temperature",
     "load_base_model",
-    "load_classifier",
     "prompt_token_ids",
 ]
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "radproto_model.json"
-SHIPPED_MODEL = "default"  # the model URI of the shipped default model
-SHIPPED_MODEL_DIR = "default_model"  # beside this module (package data)
-FORMAT_VERSION = 2  # 2: the protocol head (protocol_head.safetensors)
 DEFAULT_ABSTAIN_THRESHOLD = 0.5  # a model saved without a threshold derived from validation
 #: CUDA: prompt tokens per batched pass (padding included).
 _CUDA_BATCH_TOKENS = 32768
@@ -309,28 +305,17 @@ class ProtocolClassifier:
             "metadata": {k: v for k, v in self.metadata.items() if k != "kind"},
         }
         (directory / MODEL_FILE).write_text(json.dumps(record, indent=2, default=str), "utf-8")
-        self.model_version = _model_version(directory, record)
+        self.model_version = model_version(directory, record)
         return directory
 
     @classmethod
-    def load(cls, directory_or_uri: str | Path, *, catalog: Catalog | None = None,
+    def load(cls, directory: str | Path, *, catalog: Catalog | None = None,
              device: str | None = None,
              cache_dir: str | Path | None = None) -> ProtocolClassifier:
-        """A classifier from a model directory (or any URI load_classifier accepts)."""
-        path = Path(directory_or_uri)
-        if not (path / MODEL_FILE).is_file():
-            return load_classifier(str(directory_or_uri), catalog=catalog, device=device,
-                                   cache_dir=cache_dir)
-        try:
-            record = json.loads((path / MODEL_FILE).read_text("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{path / MODEL_FILE}: cannot read: {exc}") from exc
-        if record.get("format_version") != FORMAT_VERSION or \
-                record.get("prompt_version") != PROMPT_VERSION:
-            raise ModelError(f"{path}: a model of format {record.get('format_version')} "
-                             f"(prompt {record.get('prompt_version')}); this build reads "
-                             f"format {FORMAT_VERSION} (prompt {PROMPT_VERSION}, scored by "
-                             "the protocol head): train it again")
+        """A classifier from a model directory (model/sources.py `load_classifier` takes a
+        URI: "default", "embedded", models:/, runs:/ or a directory)."""
+        path = Path(directory)
+        record = read_record(path)
         config = ModelConfig.from_dict(record.get("model_config") or {})
         kind = record.get("kind", "adapter")
         device = resolve_device(device)
@@ -364,7 +349,7 @@ class ProtocolClassifier:
             config=config,
             temperature=float(record.get("temperature", 1.0)),
             abstain_threshold=float(record.get("abstain_threshold", DEFAULT_ABSTAIN_THRESHOLD)),
-            model_version=_model_version(path, record),
+            model_version=model_version(path, record),
             metadata=metadata,
             untrained=record.get("untrained_protocols") or (),
             lexical=load_lexical(path),
@@ -374,115 +359,6 @@ class ProtocolClassifier:
         if catalog is not None:
             classifier.catalog = catalog  # re-keys the head: new rows from names, drops
         return classifier
-
-
-def shipped_model_dir() -> Path:
-    """The default model shipped with radproto (`radproto train --preset default`)."""
-    return Path(__file__).resolve().parent / SHIPPED_MODEL_DIR
-
-
-def load_classifier(uri_or_dir: str | Path | None = "embedded", *,
-                    catalog: Catalog | None = None, device: str | None = None,
-                    cache_dir: str | Path | None = None,
-                    tracking_uri: str | None = None) -> ProtocolClassifier:
-    """A classifier from a directory, "models:/NAME@ALIAS", "models:/NAME/VERSION",
-    "runs:/RUN_ID/model", "default" (the model shipped with radproto) or "embedded" (the
-    base model, its head started from the protocol names, temperature 1)."""
-    uri = str(uri_or_dir or "embedded").strip()
-    if uri == SHIPPED_MODEL:
-        if not (shipped_model_dir() / MODEL_FILE).is_file():
-            raise ModelError(f"the shipped default model is missing ({shipped_model_dir()})")
-        return ProtocolClassifier.load(shipped_model_dir(), catalog=catalog, device=device,
-                                       cache_dir=cache_dir)
-    if uri in ("embedded", EMBEDDED_BASE_MODEL):
-        config = ModelConfig()
-        model, tokenizer = load_base_model(config, device, cache_dir=cache_dir)
-        return ProtocolClassifier(model, tokenizer, catalog or default_catalog(),
-                                  config=config, model_version="base-smollm2",
-                                  metadata={"kind": "base"})
-    if uri.startswith(("models:/", "runs:/")):
-        directory, registry_version = _download(uri, tracking_uri)
-        classifier = ProtocolClassifier.load(directory, catalog=catalog, device=device,
-                                             cache_dir=cache_dir)
-        if registry_version:
-            classifier.model_version = registry_version
-        return classifier
-    path = Path(uri)
-    if not (path / MODEL_FILE).is_file():
-        raise ModelError(f"'{uri}' is not a model directory (no {MODEL_FILE}), a models:/ or "
-                         "runs:/ URI, or 'embedded'")
-    return ProtocolClassifier.load(path, catalog=catalog, device=device, cache_dir=cache_dir)
-
-
-def _download(uri: str, tracking_uri: str | None) -> tuple[Path, str]:
-    """Download an MLflow model directory; returns it with the registry version it names."""
-    try:
-        import mlflow
-        from mlflow.exceptions import MlflowException
-    except ImportError as exc:  # pragma: no cover - mlflow is a dependency
-        raise ModelError("mlflow is needed to load a models:/ or runs:/ URI") from exc
-    registry_version = ""
-    try:
-        artifact_uri = uri
-        if uri.startswith("models:/"):
-            registry_version = _registry_version(uri[len("models:/"):], tracking_uri)
-            # Resolve through this registry: MLflow's own models:/ lookup would ask the
-            # process-wide default registry, not the one named by tracking_uri.
-            from mlflow import MlflowClient
-
-            name, _, version = registry_version.rpartition("/")
-            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-            artifact_uri = client.get_model_version_download_uri(name, version)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri,
-                                                         tracking_uri=tracking_uri))
-    except MlflowException as exc:
-        raise ModelError(f"cannot download '{uri}': {exc.message}") from exc
-    # A run URI may name the run's root; the model directory is its "model" artifact.
-    for candidate in (local, local / "model"):
-        if (candidate / MODEL_FILE).is_file():
-            return candidate, registry_version
-    raise ModelError(f"'{uri}' holds no {MODEL_FILE}")
-
-
-def _registry_version(spec: str, tracking_uri: str | None) -> str:
-    """"name@alias" or "name/3" -> "name/3" (the registry's own version number)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    if "@" in spec:
-        name, alias = spec.split("@", 1)
-        return f"{name}/{client.get_model_version_by_alias(name, alias).version}"
-    name, _, version = spec.rpartition("/")
-    if not name or not version.isdigit():
-        return ""  # e.g. a stage name: no stable number to report
-    return f"{name}/{version}"
-
-
-def _model_version(directory: Path, record: Mapping[str, Any]) -> str:
-    """The registry version named in the metadata, else "m-" + hash(weights + config)."""
-    named = (record.get("metadata") or {}).get("model_version")
-    if named:
-        return str(named)
-    digest = hashlib.sha256()
-    for weights in _weight_files(directory):
-        with weights.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    identity = {k: record.get(k) for k in ("kind", "base_model", "model_config",
-                                            "catalog_version", "prompt_version",
-                                            "temperature", "abstain_threshold")}
-    if record.get("lexical_weight"):  # only blended models: older versions stay as they were
-        identity["lexical_weight"] = record["lexical_weight"]
-    digest.update(json.dumps(identity, sort_keys=True).encode())
-    return "m-" + digest.hexdigest()[:12]
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    """The adapter or (possibly sharded) model weight files of a model directory."""
-    patterns = ("adapter_model.safetensors", "adapter_model.bin", "model*.safetensors",
-                "pytorch_model*.bin", HEAD_FILE, LEXICAL_WEIGHTS)
-    found = {p for pattern in patterns for p in directory.glob(pattern) if p.is_file()}
-    return sorted(found)
 
 
 def _prepare_for_cpu(model: Any, dtype: Any) -> None:

@@ -12,8 +12,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from conftest import CACHE_DIR
 
-from radproto.model.classifier import load_classifier, prompt_token_ids
+from radproto.model.classifier import prompt_token_ids
 from radproto.model.order import Order
+from radproto.model.sources import load_classifier
 
 
 @pytest.mark.slow

@@ -27,9 +27,9 @@ from radproto.model.classifier import (
     ProtocolClassifier,
     add_lora,
     load_base_model,
-    load_classifier,
 )
 from radproto.model.errors import ConfigError, ModelError
+from radproto.model.sources import load_classifier
 
 ORDERS = [
     {"ordered_exam": "CT head", "history": "fall on anticoagulation", "diagnosis": "",

@@ -185,7 +185,8 @@ def load_model(uri: str, *, catalog: Any = None, tracking_uri: str | None = None
     """
     from mlflow.exceptions import MlflowException
 
-    from radproto.model.classifier import ProtocolClassifier, load_classifier
+    from radproto.model.classifier import ProtocolClassifier
+    from radproto.model.sources import load_classifier
 
     if not (tracking_uri and uri.startswith("models:/")):
         return load_classifier(uri, catalog=catalog, tracking_uri=tracking_uri)
