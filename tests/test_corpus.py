@@ -154,15 +154,15 @@ def test_modifiers_change_the_label_as_a_radiologist_would(examples) -> None:
 
 _EVIDENCE = {
     "pacemaker": r"pacemaker|pacer|PPM|AICD|ICD\b|implant|stimulator|clip|foreign body|"
-                 r"shrapnel|device",
+                 r"shrapnel|device|fragment",
     "claustrophobia": r"claustroph|MRI|scanner",
     "contrast_allergy": r"contrast|dye",
-    "renal_failure": r"GFR|ESRD|ESKD|ESRF|dialysis|\bHD\b|CKD|\bPD\b",
+    "renal_failure": r"GFR|ESRD|ESKD|ESRF|dialysis|\bHD\b|CKD|\bPD\b|\bS?Cr\b|creat",
     "pregnancy": r"pregnan|gestation|IUP|G\dP\d|/40",
     "weight_limit": r"\bkg\b|BMI|MRI|MR\b",
     "prior_spine_surgery": r"laminectomy|discectomy|fusion|decompression|back surgery|TLIF|"
                            r"post-op spine",
-    "stroke_extended": r"wake-up|LKW|onset|last known well",
+    "stroke_extended": r"wake-up|LKW|onset|last known well|last seen",
 }
 
 

@@ -28,12 +28,27 @@ from radproto.training.knowledge_base import (
 )
 from radproto.training.knowledge_body import BODY, HEMATURIA
 from radproto.training.knowledge_extra import EXTRA, MODIFIER_TEXT, TRAUMA_WORDS, extend
+from radproto.training.knowledge_followup import FOLLOWUP
+from radproto.training.knowledge_modifiers import (
+    MORE_MODIFIER_TEXT,
+    MORE_NEGATIONS,
+    MORE_REDIRECTS,
+    NEW_MODIFIERS,
+)
 from radproto.training.knowledge_neuro import NEURO, STROKE
 from radproto.training.knowledge_other import OTHER
 
+
+def _more_negations(k: ProtocolKnowledge) -> ProtocolKnowledge:
+    more = [key for key in MORE_NEGATIONS.get(k.name, "").split() if key not in k.negations]
+    return replace(k, negations=k.negations + tuple(more)) if more else k
+
+
 KNOWLEDGE: dict[str, ProtocolKnowledge] = {
-    k.name: extend(k, EXTRA.get(k.name)) for k in (*NEURO, *BODY, *OTHER)}
-SCENARIOS: dict[str, ProtocolKnowledge] = {k.name: k for k in (STROKE, HEMATURIA)}
+    k.name: _more_negations(extend(extend(k, EXTRA.get(k.name)), FOLLOWUP.get(k.name)))
+    for k in (*NEURO, *BODY, *OTHER)}
+SCENARIOS: dict[str, ProtocolKnowledge] = {
+    k.name: _more_negations(k) for k in (STROKE, HEMATURIA)}
 
 
 def _modifier(key: str, evidence: str, negations: str = "", icd: str = "", *,
@@ -70,7 +85,8 @@ MODIFIERS: dict[str, Modifier] = {m.key: m for m in (
         "not pregnant | urine hCG negative | hCG neg | serum hCG negative | "
         "pregnancy test negative",
         "Z33.1 Pregnant state, incidental", sex="female", age=(18, 42),
-        contradicted_by=r"pregnan|hCG|ectopic|gestation|\bIUP\b|dating|abortion"),
+        contradicted_by=r"pregnan|hCG|ectopic|gestation|\bIUP\b|dating|abortion|\bUPT\b|"
+        r"\bLMP\b"),
     _modifier(
         "normal_cxr",
         "CXR normal | CXR clear | normal chest radiograph | CXR today unremarkable"),
@@ -142,6 +158,13 @@ MODIFIERS: dict[str, Modifier] = {m.key: m for m in (
 MODIFIERS = {key: replace(m, evidence=m.evidence + alts(MODIFIER_TEXT[key][0]),
                           negations=m.negations + alts(MODIFIER_TEXT[key][1]))
              if key in MODIFIER_TEXT else m for key, m in MODIFIERS.items()}
+MODIFIERS = {key: replace(m, evidence=m.evidence + alts(MORE_MODIFIER_TEXT[key][0]),
+                          negations=m.negations + alts(MORE_MODIFIER_TEXT[key][1]))
+             if key in MORE_MODIFIER_TEXT else m for key, m in MODIFIERS.items()}
+MODIFIERS.update({key: _modifier(key, evidence, negations, sex=sex, age=age,
+                                 contradicted_by=contradicted)
+                  for key, (evidence, negations, sex, age, contradicted)
+                  in NEW_MODIFIERS.items()})
 
 _MRI_BRAIN_TO_CT = (0, 1, 3, 4)  # tumor, metastases, seizure, infection (not MS: CT is useless)
 _NO_MRI = ("pacemaker", "claustrophobia", "weight_limit")
@@ -155,7 +178,7 @@ REDIRECTS: tuple[Redirect, ...] = (
              ("NM Lung Ventilation Perfusion",)),
     # pregnant with an abnormal chest film: V/Q would be nondiagnostic, so CTPA stays
     Redirect("CTA Chest Pulmonary Embolism", ("pregnancy", "abnormal_cxr"),
-             ("CTA Chest Pulmonary Embolism",), weight=0.4),
+             ("CTA Chest Pulmonary Embolism",), weight=0.8),
     Redirect("CT Chest W Contrast", ("contrast_allergy",), ("CT Chest WO Contrast",)),
     Redirect("CT Chest W Contrast", ("renal_failure",), ("CT Chest WO Contrast",)),
     Redirect("CT Abdomen Pelvis W Contrast", ("contrast_allergy",),
@@ -186,6 +209,8 @@ REDIRECTS: tuple[Redirect, ...] = (
     Redirect("scenario:hematuria", ("hematuria_painless", "renal_failure"), ("US Renal",)),
     Redirect("scenario:hematuria", ("hematuria_painless", "pregnancy"), ("US Renal",)),
     Redirect("CT Renal Stone Protocol", ("pregnancy",), ("US Renal",)),
+    *(Redirect(source, modifiers, targets, indications, weight)
+      for source, modifiers, targets, indications, weight in MORE_REDIRECTS),
 )
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from radproto.model.catalog import Catalog, default_catalog
 from radproto.model.order import ORDER_FILE_FIELDS
 from radproto.training.clinical_knowledge import KNOWLEDGE
-from radproto.training.corpus_exam import neighbours_of, ordered_exam
+from radproto.training.corpus_exam import first_thoughts_of, neighbours_of, ordered_exam
 from radproto.training.corpus_facts import draw_facts, plan_routes
 from radproto.training.corpus_report import SPLITS, CorpusReport
 from radproto.training.corpus_style import STYLE_WEIGHTS, STYLES, WRITERS, roughen, tidy
@@ -68,6 +68,7 @@ def generate_examples(catalog: Catalog | None = None, *, seed: int = 13,
     plan = plan_routes(catalog)
     labels = [name for name in catalog.names if plan[name]]
     neighbours = neighbours_of(catalog)
+    first_thoughts = first_thoughts_of(catalog, plan)
     rows = []
     for index in range(size):
         target = catalog.get(labels[index % len(labels)])
@@ -81,7 +82,8 @@ def generate_examples(catalog: Catalog | None = None, *, seed: int = 13,
         fields = roughen(WRITERS[style](facts, rng), style, rng)
         rows.append({
             "id": f"syn-{seed}-{index:06d}",
-            "ordered_exam": ordered_exam(route, target, rng, neighbours),
+            "ordered_exam": ordered_exam(route, target, rng, neighbours,
+                                         first_thoughts),
             "history": tidy(fields["history"]),
             "diagnosis": tidy(fields["diagnosis"]),
             "notes": tidy(fields["notes"]),

@@ -26,7 +26,7 @@ from radproto.training.knowledge_variety import admin_item, noise_items
 _P_RELEVANT_DENIAL = 0.5  # a denial of a modifier that would matter for this protocol
 _P_SECOND_DENIAL = 0.15
 _P_STRAY_DENIAL = 0.15  # a denial unrelated to this protocol's decisions
-_P_NEUTRAL_MODIFIER = 0.1  # a modifier present that does not matter here
+_P_NEUTRAL_MODIFIER = 0.2  # a modifier present that does not matter here
 _P_NOISE = 0.5  # comorbidities or routine medications that decide nothing
 _P_ADMIN = 0.3  # ordering chatter ("STAT", "call results to ...")
 
@@ -119,7 +119,9 @@ def draw_facts(route: Route, target: Protocol, rng: random.Random) -> Facts:
         evidence.append(fill(rng.choice(phrases), rng))
 
     # a denial must not contradict the indication ("denies trauma" on a facial fracture)
-    said = " ".join(indication.phrases + tuple(text for _, text in indication.icd))
+    # nor the modifier evidence ("denies pregnancy" beside "urine hCG positive")
+    said = " ".join(indication.phrases + tuple(text for _, text in indication.icd)
+                    + tuple(evidence))
     deniable = [k for k, m in MODIFIERS.items() if m.negations and k not in present
                 and _fits(m, sex, age)
                 and not (m.contradicted_by and re.search(m.contradicted_by, said, re.I))]
@@ -192,7 +194,8 @@ def _consistent(item: str, sex: str, present: list[str]) -> bool:
         return False
     if _RENAL_LAB.search(item) and {"renal_failure", "no_renal_failure"} & set(present):
         return False  # the modifier states the renal function; a second value could clash
-    return not ("pregnancy" in present and _NOT_PREGNANT.search(item))
+    pregnant = {"pregnancy", "early_pregnancy"} & set(present)
+    return not (pregnant and _NOT_PREGNANT.search(item))
 
 
 def _fits(modifier: Any, sex: str, age: int) -> bool:
