@@ -5,12 +5,15 @@ with `radproto train --register radproto --alias champion`), else the model ship
 radproto (`default`: model/default_model/, trained with `radproto train --preset default`,
 loads in seconds on any CPU). The service follows the champion alias from the start, so it
 switches to a site's model as soon as one is registered, without a restart.
+
+The CLI hands `load_default_classifier` to the service as its ModelProvider
+(radproto/cli.py `_serve`); tests and benchmarks may hand another.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from radproto.adapter.pipeline import log_event
 
@@ -23,6 +26,14 @@ log = logging.getLogger("radproto.service")
 DEFAULT_MODEL_NAME = "radproto"
 DEFAULT_ALIAS = "champion"
 DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{DEFAULT_ALIAS}"
+
+
+class ModelProvider(Protocol):
+    """Loads the model the service serves: (classifier, the URI it came from). `uri` names
+    a model (a registry version the service follows); None: the configured or default one."""
+
+    def __call__(self, settings: ServiceSettings, catalog: Any, *,
+                 uri: str | None = None) -> tuple[Classifier, str]: ...
 
 
 def default_model_uri(tracking_uri: str) -> str:

@@ -3,9 +3,10 @@ process, on embedded defaults (MLLP 127.0.0.1:2575, HTTP 127.0.0.1:8080, SQLite 
 ./radproto-data, the model shipped with radproto until a site registers its own champion).
 
 Start order: store -> MLLP + HTTP (they acknowledge and queue at once) -> model (seconds:
-adapter/default_model.py says which) -> worker -> outbox relay. Shutdown (SIGTERM / SIGINT,
-at any moment): stop accepting, let in-flight messages get their ACK, finish the worker's
-batch, stop the relay, close the store; the exit status is 0.
+loaded by the model provider the CLI hands over, adapter/default_model.py's) -> worker ->
+outbox relay. Shutdown (SIGTERM / SIGINT, at any moment): stop accepting, let in-flight
+messages get their ACK, finish the worker's batch, stop the relay, close the store; the exit
+status is 0.
 
 While running, a models:/NAME@ALIAS model follows its alias: every `model_poll_s` seconds (and
 at once on SIGHUP) the registry is asked which version the alias names; a new one is loaded
@@ -35,6 +36,7 @@ from radproto.adapter.context import ServiceContext
 from radproto.adapter.default_model import (
     DEFAULT_ALIAS,
     DEFAULT_MODEL_NAME,
+    ModelProvider,
     alias_of,
     catalog_differences,
     load_default_classifier,
@@ -78,11 +80,12 @@ def configure_logging(level: str = "INFO", fmt: str = "json", hash_key: str = ""
     configure(level, fmt=fmt, hash_key=hash_key or None)
 
 
-def serve_from_cli(args: argparse.Namespace) -> int:
+def serve_from_cli(args: argparse.Namespace, *, model_provider: ModelProvider) -> int:
+    """`radproto serve`; the CLI names the model provider (adapter/default_model.py's)."""
     settings = settings_from_cli(args)
     configure_logging(getattr(args, "log_level", "INFO"), settings.security.log_format,
                       settings.security.log_hash_key)
-    status = asyncio.run(run_service(settings))
+    status = asyncio.run(run_service(settings, model_provider=model_provider))
     for sig in (signal.SIGTERM, signal.SIGINT):  # the stop is under way; a second one waits
         signal.signal(sig, signal.SIG_IGN)
     busy = [t.name for t in threading.enumerate() if t.name in MODEL_THREADS and t.is_alive()]
@@ -113,12 +116,17 @@ def _check_security(settings: ServiceSettings) -> None:
 
 
 class Service:
-    """The running service; `await start()` then `await stop()` (or `run_service`)."""
+    """The running service; `await start()` then `await stop()` (or `run_service`).
+
+    `classifier` serves as given; otherwise `model_provider` loads the model (in a thread,
+    after the listeners start) and each new version of a followed registry alias."""
 
     def __init__(self, settings: ServiceSettings, *, classifier: Classifier | None = None,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None,
+                 model_provider: ModelProvider = load_default_classifier) -> None:
         self.settings = settings
         self._given_classifier = classifier
+        self.model_provider = model_provider
         self._given_store = store
         self.context: ServiceContext | None = None
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="store")
@@ -126,7 +134,7 @@ class Service:
         self.app: Any = None
         self._tasks: list[asyncio.Task] = []
         self._model_thread: threading.Thread | None = None
-        self._model_stop = threading.Event()  # set on stop: first-run training pauses
+        self._model_stop = threading.Event()  # set on stop: the model threads end
         self._model_check = threading.Event()  # set by SIGHUP: ask the registry now
         self._poll_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -193,7 +201,7 @@ class Service:
     def _load_model(self, ctx: ServiceContext, loop: asyncio.AbstractEventLoop) -> None:
         started = time.perf_counter()
         try:
-            classifier, uri = load_default_classifier(self.settings, ctx.catalog)
+            classifier, uri = self.model_provider(self.settings, ctx.catalog)
         except Exception as exc:
             ctx.model_status, ctx.model_error = "failed", f"{type(exc).__name__}: {exc}"[:500]
             log_event(log, "model_failed", logging.ERROR, error=ctx.model_error)
@@ -273,7 +281,7 @@ class Service:
                 continue
             started = time.perf_counter()
             try:
-                new, _ = load_default_classifier(s, ctx.catalog, uri=f"models:/{name}/{version}")
+                new, _ = self.model_provider(s, ctx.catalog, uri=f"models:/{name}/{version}")
             except Exception as exc:
                 log_event(log, "model_switch_failed", logging.ERROR, uri=f"{name}/{version}",
                           error=f"{type(exc).__name__}: {exc}"[:300])
@@ -401,14 +409,15 @@ class Service:
 
 
 async def run_service(settings: ServiceSettings, *, classifier: Classifier | None = None,
-                      stop: asyncio.Event | None = None) -> int:
+                      stop: asyncio.Event | None = None,
+                      model_provider: ModelProvider = load_default_classifier) -> int:
     """Run until SIGTERM / SIGINT (or `stop` is set); returns the exit status."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    service = Service(settings, classifier=classifier)
+    service = Service(settings, classifier=classifier, model_provider=model_provider)
     try:
         await service.start()
         ready = {"mllp_port": service.context.listener.port, "http_port": service.http_port}

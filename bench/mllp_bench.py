@@ -214,6 +214,7 @@ async def end_to_end(tmp: str, n: int = 5) -> str:
     """Milliseconds from sending an order to its stored suggestion, through the whole service:
     the registered default model if there is one, else the embedded base model (same size and
     scoring path, untrained: the latency is representative, the suggestions are not)."""
+    from radproto.adapter.default_model import load_default_classifier
     from radproto.adapter.service import Service
     from radproto.adapter.settings import load_settings
 
@@ -231,7 +232,7 @@ async def end_to_end(tmp: str, n: int = 5) -> str:
         settings.model = "embedded"
         which = ("the embedded base model, untrained (no default model registered on this "
                  "machine yet; same network and scoring path)")
-    service = Service(settings)
+    service = Service(settings, model_provider=load_default_classifier)
     ctx = await service.start()
     try:
         for _ in range(3600):

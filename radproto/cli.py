@@ -368,9 +368,11 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
     try:
+        from radproto.adapter.default_model import load_default_classifier
         from radproto.adapter.service import serve_from_cli
 
-        return serve_from_cli(args)
+        # the CLI wires the model the service loads: the configured one, else the default
+        return serve_from_cli(args, model_provider=load_default_classifier)
     except _StopDuringStartup:
         return 0
 
