@@ -281,3 +281,48 @@ def test_no_dev_order_is_in_the_corpus(corpus) -> None:
     assert len(dev) > 0
     leaked = len(dev & generated)
     assert leaked == 0, f"{leaked} development orders appear in the corpus"
+
+
+def test_new_modifiers_redirect_and_their_denials_do_not(examples) -> None:
+    obstetric = "US Obstetric First Trimester"
+    assert set(_routes(examples, "CT Abdomen Pelvis W Contrast", "early_pregnancy")) == {
+        obstetric}
+    assert set(_routes(examples, "US Pelvis Transabdominal and Transvaginal",
+                       "early_pregnancy")) == {obstetric}
+    assert set(_routes(examples, "scenario:stroke", "stroke_late")) == {"CT Head WO Contrast"}
+    assert set(_routes(examples, "MRI Brain W and WO Contrast", "pregnancy")) == {
+        "MRI Brain WO Contrast"}
+    # dialysis or a low eGFR takes the contrast away; a moderate eGFR (a denial) does not
+    assert set(_routes(examples, "CT Chest W Contrast", "renal_failure")) == {
+        "CT Chest WO Contrast"}
+    kept = Counter(r["label"] for r in examples if r["source"] == "CT Chest W Contrast"
+                   and "no_renal_failure" in r["modifiers"]
+                   and all(k.startswith("no_") for k in r["modifiers"]))
+    assert kept and set(kept) == {"CT Chest W Contrast"}
+    for row in examples:
+        keys = set(row["modifiers"])
+        if "no_early_pregnancy" in keys or "no_pregnancy" in keys:
+            assert row["label"] != obstetric, row
+        only_denials = all(k.startswith("no_") for k in keys)
+        if ("no_contrast_allergy" in keys and only_denials
+                and row["source"] == "CTA Chest Pulmonary Embolism"):
+            assert row["label"] == "CTA Chest Pulmonary Embolism", row  # mild hives: premedicate
+        if {"early_pregnancy", "pregnancy"} & keys:  # never denied beside its own evidence
+            assert not {"no_pregnancy", "no_early_pregnancy"} & keys, row
+
+
+def test_a_redirected_order_often_names_the_study_it_rules_out(examples) -> None:
+    vq = [r for r in examples if r["label"] == "NM Lung Ventilation Perfusion"
+          and r["source"] == "CTA Chest Pulmonary Embolism"]
+    named = [r for r in vq if re.search(r"\bCTA?\b|CTPA|CT chest", r["ordered_exam"], re.I)]
+    assert len(named) > 0.1 * len(vq)
+
+
+def test_dialysis_and_moderate_ckd_are_written_as_referrers_write_them(examples) -> None:
+    rows = [r for r in examples if r["label"] == "CT Chest WO Contrast"
+            and "renal_failure" in r["modifiers"]]
+    texts = " ".join(_text(r) for r in rows)
+    assert re.search(r"\bHD\b|dialysis", texts) and re.search(r"\bS?Cr\b|creat", texts, re.I)
+    denials = " ".join(_text(r) for r in examples if "no_renal_failure" in r["modifiers"]
+                       and r["label"] == "CT Chest W Contrast")
+    assert re.search(r"eGFR (3\d|4\d|5\d)\b", denials)
