@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N orders only")
     p.add_argument("--baseline-train", type=Path, default=None,
                    help="training file for the TF-IDF baseline (default: train.* next to --data)")
+    p.add_argument("--cross-fit", type=int, default=0, metavar="K",
+                   help="also judge calibration fitted on --data itself, K-fold (blend, "
+                        "temperature and threshold fitted on the other folds)")
 
     p = _command(sub, "calibrate", "Fit a trained model's blend with the lexical model, its "
                  "temperature and abstain threshold on labelled orders (e.g. eval/tune.jsonl "

@@ -162,6 +162,46 @@ def test_radproto_calibrate_fits_and_saves_the_blend(catalog, tmp_path, capsys):
     suggestion = loaded.score_orders([{"history": "flank pain haematuria colic"}])[0]
     assert suggestion.protocol == "CT Renal Stone Protocol"
 
+    # radproto eval: the model's own threshold on the file, and calibration cross-fitted on it
+    report = tmp_path / "report"
+    assert main(["eval", "--model", str(out), "--data", str(tune_file), "--out", str(report),
+                 "--baseline-train", str(train_file), "--cross-fit", "3",
+                 "--tracking-uri", ""]) == 0
+    metrics = json.loads((report / "metrics.json").read_text("utf-8"))
+    assert metrics["abstain_threshold"] == pytest.approx(fitted["abstain_threshold"])
+    assert 0 < metrics["threshold_accepted"] <= 1
+    assert metrics["cross_fit_folds"] == 3 and metrics["cross_fit_top1"] > 0.9
+    assert 0 <= metrics["cross_fit_ece"] < 0.2
+    assert "Calibration fitted on this file itself (3-fold" in (report / "report.md").read_text()
+
+
+def test_cross_fitting_judges_each_order_by_a_fit_on_the_other_folds():
+    from radproto.training.calibrate import cross_fitted
+
+    rng = np.random.default_rng(3)
+    n, k = 120, 6
+    labels = rng.integers(0, k, n)
+    head = rng.normal(size=(n, k))
+    head[np.arange(n), labels] += 2.0  # the head knows something
+    lexical = np.log(np.full((n, k), 1.0 / k))  # the words know nothing
+    calibrated, accepted = cross_fitted(head, lexical, labels, folds=4, seed=0)
+    assert calibrated.shape == (n, k) and accepted.shape == (n,)
+    assert np.allclose(np.exp(calibrated).sum(axis=1), 1.0)
+    assert (calibrated.argmax(axis=1) == head.argmax(axis=1)).all()  # scaling keeps the order
+    # an order's own label never reaches its fit: relabelling it leaves its scores alone,
+    # while the orders of the other folds (whose fit it joins) move
+    relabelled = labels.copy()
+    relabelled[0] = (labels[0] + 1) % k
+    again, _ = cross_fitted(head, lexical, relabelled, folds=4, seed=0)
+    assert np.allclose(again[0], calibrated[0])
+    assert not np.allclose(again, calibrated)
+    # the accepted orders are the confident ones
+    confidence = np.exp(calibrated).max(axis=1)
+    if accepted.any() and (~accepted).any():
+        assert confidence[accepted].mean() > confidence[~accepted].mean()
+    with pytest.raises(ValueError):
+        cross_fitted(head[:3], lexical[:3], labels[:3], folds=4)
+
 
 def test_training_refuses_a_missing_calibration_file_before_it_trains(tmp_path):
     from radproto.model.errors import ConfigError

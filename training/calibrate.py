@@ -137,3 +137,42 @@ def calibrate_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
     print(json.dumps(result.to_dict(), indent=2))
     print(f"model: {args.out}")
     return 0
+
+
+def cross_fitted(head: np.ndarray, lexical: np.ndarray | None, label_indices: np.ndarray, *,
+                 folds: int = 5, seed: int = 0, target: float = 0.95
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Calibration judged on the orders it was not fitted on: (log-probabilities, accepted).
+
+    The orders are cut into `folds` random folds; for each fold the blend weight and the
+    temperature (`fit_blend`, or the temperature alone without a lexical model) and the
+    abstain threshold (the lowest confidence at which the fitted folds' accepted orders are
+    `target` accurate) are fitted on the other folds and applied to it. Returns each order's
+    calibrated log-probabilities and whether its confidence clears its fold's threshold."""
+    from scipy.special import log_softmax
+
+    from radproto.training.metrics import coverage_at
+
+    n = len(label_indices)
+    if folds < 2 or n < folds:
+        raise ValueError(f"cross-fitting needs at least 2 folds and as many orders ({n} "
+                         f"orders, {folds} folds)")
+    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    out = np.empty_like(np.asarray(head, dtype=np.float64))
+    accepted = np.zeros(n, dtype=bool)
+    for fold in range(folds):
+        fit, held = fold_of != fold, fold_of == fold
+        if lexical is None:
+            weight, combined = 0.0, np.asarray(head, dtype=np.float64)
+            temperature = fit_temperature(combined[fit], label_indices[fit])
+        else:
+            weight, temperature = fit_blend(head[fit], lexical[fit], label_indices[fit])
+            combined = blend_log_probs(head, lexical, weight)
+        calibrated = log_softmax(combined / temperature, axis=-1)
+        probs = np.exp(calibrated[fit])
+        _, threshold = coverage_at(probs.max(axis=1),
+                                   probs.argmax(axis=1) == label_indices[fit], target)
+        out[held] = calibrated[held]
+        accepted[held] = np.exp(calibrated[held]).max(axis=1) >= threshold
+    return out, accepted
+

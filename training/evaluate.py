@@ -76,8 +76,13 @@ def score_with_timing(classifier: Any, fields: list[dict[str, Any]], *, batch_si
 def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog: Catalog,
                   tracking_uri: str | None = None, limit: int | None = None,
                   baseline_train: str | Path | None = None, batch_size: int = 16,
-                  progress: bool = True, classifier: Any = None) -> dict[str, Any]:
-    """Score a labelled order file and write the report; returns the metrics."""
+                  progress: bool = True, classifier: Any = None, cross_fit: int = 0
+                  ) -> dict[str, Any]:
+    """Score a labelled order file and write the report; returns the metrics.
+
+    `cross_fit` K >= 2 also judges calibration fitted on this file itself, K-fold: the blend
+    weight, temperature and abstain threshold of each fold fitted on the other folds
+    (`calibrate.cross_fitted`), the model's own calibration left as it is."""
     from radproto.training.orderfile import read_orders
     from radproto.training.tracking import load_model
 
@@ -119,10 +124,50 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
              "median_ms_per_order": 1000.0 * statistics.median(per_order)}
     if head_alone is not None:
         extra["lexical_weight"] = classifier.lexical_weight
+    extra.update(_abstention(log_probs, labels, classifier))
+    if cross_fit:
+        extra.update(_cross_fit_metrics(classifier, fields, labels, log_probs, head_alone,
+                                        cross_fit))
     return build_report(log_probs, labels, catalog, temperature=classifier.temperature,
                         out_dir=out_dir, rows=kept, baseline_train=train_rows,
                         title="Evaluation", seconds_per_order=float(np.mean(per_order)),
                         extra=extra, head_alone=head_alone)
+
+
+def _abstention(log_probs: np.ndarray, labels: np.ndarray, classifier: Any) -> dict[str, Any]:
+    """What the model's own abstain threshold does on this file: the share it auto-assigns
+    and how many of those are right."""
+    from radproto.model.calibration import catalog_probabilities
+
+    probs = catalog_probabilities(log_probs, classifier.temperature)
+    accepted = probs.max(axis=1) >= classifier.abstain_threshold
+    right = probs.argmax(axis=1) == labels
+    return {"abstain_threshold": float(classifier.abstain_threshold),
+            "threshold_accepted": float(accepted.mean()) if len(labels) else 0.0,
+            "threshold_accepted_accuracy": float(right[accepted].mean())
+            if accepted.any() else 0.0}
+
+
+def _cross_fit_metrics(classifier: Any, fields: list[dict[str, Any]], labels: np.ndarray,
+                       log_probs: np.ndarray, head_alone: np.ndarray | None, folds: int
+                       ) -> dict[str, Any]:
+    from radproto.training.calibrate import cross_fitted
+    from radproto.training.metrics import classification_metrics
+
+    if head_alone is not None:
+        head, lexical = head_alone, classifier.lexical.log_probs(fields)
+    else:
+        head, lexical = log_probs, None
+    calibrated, accepted = cross_fitted(head, lexical, labels, folds=folds)
+    m = classification_metrics(np.exp(calibrated), labels, classifier.catalog.names)
+    right = calibrated.argmax(axis=1) == labels
+    out = {f"cross_fit_{k}": m[k] for k in ("top1", "top3", "ece", "coverage_at_95",
+                                             "mean_confidence")}
+    out.update({"cross_fit_folds": folds,
+                "cross_fit_accepted": float(accepted.mean()),
+                "cross_fit_accepted_accuracy": float(right[accepted].mean())
+                if accepted.any() else 0.0})
+    return out
 
 
 def evaluate_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
@@ -131,14 +176,18 @@ def evaluate_from_cli(args: argparse.Namespace, *, catalog: Catalog) -> int:
     tracking_uri = args.tracking_uri if args.tracking_uri is not None else DEFAULT_TRACKING_URI
     metrics = evaluate_file(args.model, args.data, args.out, catalog=catalog,
                             tracking_uri=tracking_uri, limit=args.limit,
-                            baseline_train=getattr(args, "baseline_train", None))
+                            baseline_train=getattr(args, "baseline_train", None),
+                            cross_fit=getattr(args, "cross_fit", 0) or 0)
     if tracking_uri:
         run_id = log_evaluation(tracking_uri, args.out, metrics, model_uri=args.model,
                                 data=str(args.data))
         print(f"mlflow run: {run_id}")
     wanted = ("n", "top1", "top3", "macro_f1", "ece", "coverage_at_95", "head_alone_top1",
               "head_alone_top3", "baseline_top1", "baseline_top3", "baseline_ece",
-              "baseline_coverage_at_95", "semantic_similarity", "median_ms_per_order")
+              "baseline_coverage_at_95", "semantic_similarity", "median_ms_per_order",
+              "threshold_accepted", "threshold_accepted_accuracy", "cross_fit_top1",
+              "cross_fit_ece", "cross_fit_coverage_at_95", "cross_fit_accepted",
+              "cross_fit_accepted_accuracy")
     for key in wanted:
         if key in metrics:
             value = metrics[key]

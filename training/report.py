@@ -203,6 +203,18 @@ def _markdown(m: Mapping[str, Any], title: str) -> str:
         f"{m['ece_uncalibrated']:.3f}. Auto-assign threshold for 95% accuracy: confidence >= "
         f"{m['threshold_at_95']:.3f}.",
     ]
+    if "threshold_accepted" in m:
+        lines.append(f"The model's own abstain threshold ({m['abstain_threshold']:.3f}) "
+                     f"auto-assigns {_pct(m['threshold_accepted'])} of these orders, "
+                     f"{_pct(m['threshold_accepted_accuracy'])} of them right.")
+    if "cross_fit_top1" in m:
+        lines.append(f"Calibration fitted on this file itself ({m['cross_fit_folds']}-fold: "
+                     "blend weight, temperature and threshold fitted on the other folds, "
+                     f"judged on each held-out fold): top-1 {_pct(m['cross_fit_top1'])}, "
+                     f"ECE {m['cross_fit_ece']:.3f} (mean confidence "
+                     f"{m['cross_fit_mean_confidence']:.3f}), auto-assigned "
+                     f"{_pct(m['cross_fit_accepted'])} at "
+                     f"{_pct(m['cross_fit_accepted_accuracy'])} right.")
     if "head_alone_top1" in m:
         lines.append(f"The model blends the protocol head with the lexical model (weight "
                      f"{m.get('lexical_weight', 0):.2f}); the head alone: top-1 "
