@@ -98,4 +98,3 @@ def abstain_reason(confidence: float, threshold: float) -> str:
     if confidence >= threshold:
         return ""
     return f"confidence {confidence:.2f} below threshold {threshold:.2f}"
-
