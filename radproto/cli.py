@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "temperature and threshold fitted on the other folds)")
 
     p = _command(sub, "calibrate", "Fit a trained model's blend with the lexical model, its "
-                 "temperature and abstain threshold on labelled orders (e.g. eval/tune.jsonl "
+                 "temperature and abstain threshold on labelled orders (e.g. eval/calib.jsonl "
                  "or a site's held-out history) and save it again.", _calibrate)
     p.add_argument("--model", required=True, help="model directory or models:/NAME@ALIAS")
     p.add_argument("--data", type=Path, required=True,

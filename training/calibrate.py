@@ -4,7 +4,7 @@ blend, the temperature, the abstain threshold.
 Fitted where the orders read like the ones the service will see: the temperature fitted on
 the synthetic validation split left the shipped model over-confident on text written by
 others (ECE 0.069 on eval/dev.jsonl), so the default preset and `radproto calibrate` fit on
-eval/tune.jsonl, hand-written orders kept apart from the development set, or on a site's own
+eval/calib.jsonl, hand-written orders kept apart from the development set, or on a site's own
 held-out history. `radproto train` calls `calibrate` at its end; `radproto calibrate` runs it
 on a saved model.
 """

@@ -97,7 +97,7 @@ class TrainConfig:
     calibrate: bool = _f(True, "fit the temperature (and the lexical weight) after training, "
                          "on calibration_data or else the validation subset")
     calibration_data: str = _f("", "labelled orders that read like the service's (e.g. "
-                               "eval/tune.jsonl, a site's held-out history) to fit the blend, "
+                               "eval/calib.jsonl, a site's held-out history) to fit the blend, "
                                "temperature and abstain threshold on ('' = the validation "
                                "subset)")
     lexical: bool = _f(True, "blend the protocol head with a TF-IDF + logistic-regression "

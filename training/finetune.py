@@ -54,7 +54,7 @@ def train(config: TrainConfig, catalog: Catalog, *, resume: bool = False,
             not Path(config.calibration_data).is_file():
         # found out now, not after the training run
         raise ConfigError(f"calibration_data '{config.calibration_data}' is not a file (the "
-                          "default preset fits on eval/tune.jsonl of a radproto checkout; "
+                          "default preset fits on eval/calib.jsonl of a radproto checkout; "
                           "give another labelled order file or --set calibration_data=)",
                           field="calibration_data")
     trainer = Trainer(config, catalog, resume=resume, progress=progress, on_step=on_step)
