@@ -4,7 +4,7 @@ Prompts are sorted by length and cut into batches by a token budget (little padd
 through the decoder with right padding, and the final hidden state at each prompt's last
 real token goes through the head: [n_orders, n_protocols] log-probabilities over the catalog
 (log-softmax of the head's logits; calibration divides them by the temperature). The same
-`last_hidden_states` serves training (training/loop.py), CPU scoring here and the CUDA
+`last_hidden_states` serves training (training/model_setup.py), CPU scoring here and the CUDA
 paths (model/cuda_scoring.py), so a prompt is read the same way everywhere.
 """
 
