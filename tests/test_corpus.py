@@ -283,6 +283,24 @@ def test_no_dev_order_is_in_the_corpus(corpus) -> None:
     assert leaked == 0, f"{leaked} development orders appear in the corpus"
 
 
+def test_the_hand_written_sets_stay_apart() -> None:
+    """tune.jsonl is training data and calib.jsonl the fitting set of the shipped model: no
+    development order may appear in either, nor a calibration order in the training set."""
+    sets = {name: DEFAULT_DEV_SET.with_name(f"{name}.jsonl") for name in ("dev", "tune", "calib")}
+    if not all(path.is_file() for path in sets.values()):
+        pytest.skip("an eval/ set is absent")
+    rows = {name: read_orders(path, require_label=True) for name, path in sets.items()}
+    texts = {name: {_order_text(r) for r in part} - {""} for name, part in rows.items()}
+    assert all(len(t) >= 300 for t in texts.values())
+    assert not texts["dev"] & texts["tune"], "development orders in the training orders"
+    assert not texts["dev"] & texts["calib"], "development orders in the calibration orders"
+    assert not texts["calib"] & texts["tune"], "calibration orders in the training orders"
+    ids = [r["id"] for part in rows.values() for r in part]
+    assert len(ids) == len(set(ids))
+    names = set(default_catalog().names)
+    assert all(r["label"] in names for part in rows.values() for r in part)
+
+
 def test_new_modifiers_redirect_and_their_denials_do_not(examples) -> None:
     obstetric = "US Obstetric First Trimester"
     assert set(_routes(examples, "CT Abdomen Pelvis W Contrast", "early_pregnancy")) == {
