@@ -276,3 +276,39 @@ def test_set_overrides_are_typed_and_checked() -> None:
         apply_overrides(config, ["no_such_field=1"])
     with pytest.raises(ConfigError, match="batch_size"):
         apply_overrides(config, ["batch_size=0"])
+
+
+def test_a_run_can_start_from_a_trained_model(assets: dict, tmp_path: Path) -> None:
+    """start_from: the trained adapter and head, re-keyed to this run's catalog; a model
+    built otherwise is refused, naming the field."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from radproto.model.catalog import Catalog, Protocol
+    from radproto.model.head import HEAD_FILE
+
+    first = tiny_config(assets["base"], assets["corpus"], tmp_path / "first", max_steps=3)
+    train(first, assets["catalog"], progress=False)
+    site = Catalog([*assets["catalog"].protocols,
+                    Protocol(name="MRI Site Special WO Contrast", modality="MR",
+                             body_region="head", contrast="none")])
+    second = tiny_config(assets["base"], assets["corpus"], tmp_path / "second", max_steps=1,
+                         start_from=str(tmp_path / "first"))
+    trainer = Trainer(second, site, progress=False)
+    trainer.setup()
+    saved = load_file(str(tmp_path / "first" / "adapter_model.safetensors"))
+    loaded = get_peft_model_state_dict(trainer.model)
+    assert set(saved) == set(loaded)
+    assert all(torch.equal(saved[k], loaded[k].cpu()) for k in saved)
+    rows = load_file(str(tmp_path / "first" / HEAD_FILE))["weight"]
+    names = assets["catalog"].names
+    assert torch.equal(trainer.head.weight[: len(names)].detach().cpu(), rows)
+    assert trainer.head.names[-1] == "MRI Site Special WO Contrast"  # a row from its name
+    assert not torch.equal(trainer.head.weight[-1], torch.zeros_like(trainer.head.weight[-1]))
+
+    for change in ({"lora_r": 8}, {"lora_layers": 1}):
+        other = tiny_config(assets["base"], assets["corpus"], tmp_path / "other",
+                            start_from=str(tmp_path / "first"), **change)
+        with pytest.raises(ConfigError) as refused:
+            Trainer(other, assets["catalog"], progress=False).setup()
+        assert refused.value.field == "start_from"

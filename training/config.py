@@ -45,6 +45,10 @@ class TrainConfig:
         metadata={"help": "linear layers that get LoRA"})
     lora_layers: int = _f(0, "LoRA on the top N decoder layers only (0 = all); the frozen "
                           "layers below need no backward pass")
+    start_from: str = _f("", "a trained model directory (or 'default', the shipped model) whose "
+                         "LoRA adapter and protocol head this run starts from instead of fresh "
+                         "ones, e.g. to fine-tune the shipped model on a site's history; its "
+                         "base model, LoRA rank, alpha, targets and layers must be this run's")
     max_length: int = _f(256, "longest example in tokens (prompt cut to fit)")
     precision: str = _f("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16, "
                                 "else fp32), fp32 or bf16")

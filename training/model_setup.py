@@ -2,20 +2,24 @@
 loss module DDP wraps, packed rows, the optimizer, and the trained tensors a checkpoint holds.
 
     build_model:      base (NF4 on CUDA) -> head rows from the protocols' names -> LoRA
-                      -> gradient checkpointing -> packed rows (varlen attention)
+                      (or a trained model's adapter and head: start_from) -> gradient
+                      checkpointing -> packed rows (varlen attention)
     head_loss_module: (loss, logits) of a padded batch or a packed row
     build_optimizer:  AdamW (paged 8-bit on CUDA) over LoRA and the head, the head at its rate
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from radproto.model.catalog import Catalog
-from radproto.model.errors import ModelError
+from radproto.model.errors import ConfigError, ModelError
 from radproto.model.loading import add_lora, cpu_has_native_bf16
 from radproto.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def model_config_for(config: TrainConfig) -> Any:
@@ -67,6 +71,8 @@ def build_model(config: TrainConfig, model_config: Any, catalog: Catalog, device
         offload_output_embeddings(model)  # the head reads hidden states, not the vocabulary
     model = add_lora(model, model_config, top_layers=config.lora_layers,
                      prepare_kbit=False)  # prepared above, for this loop
+    if config.start_from:
+        head = start_from_trained(model, tokenizer, catalog, config, model_config)
     if grad_ckpt:
         model.get_base_model().gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -75,6 +81,52 @@ def build_model(config: TrainConfig, model_config: Any, catalog: Catalog, device
     if packing:
         attention = prepare_packed(model, resolve_dtype(model_config, device))
     return model, tokenizer, head, attention
+
+
+def start_from_trained(model: Any, tokenizer: Any, catalog: Catalog, config: TrainConfig,
+                       model_config: Any) -> Any:
+    """Load a trained model's LoRA weights into `model` and return its head re-keyed to
+    `catalog` (kept rows by name, new protocols from their names, dropped ones gone).
+
+    The trained model must have been built like this run (base, LoRA rank, alpha, targets
+    and layers); anything else is a ConfigError naming `start_from`."""
+    import json
+
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from radproto.model.head import head_for_catalog, load_head
+    from radproto.model.model_dir import read_record
+    from radproto.model.sources import shipped_model_dir
+
+    directory = shipped_model_dir() if config.start_from == "default" else Path(
+        config.start_from)
+    adapter = directory / "adapter_model.safetensors"
+    if not adapter.is_file():
+        raise ConfigError(f"'{directory}' holds no trained adapter (adapter_model."
+                          "safetensors)", field="start_from")
+    record = read_record(directory)
+    trained = record.get("model_config") or {}
+    for key in ("base_model", "lora_r", "lora_alpha"):
+        if trained.get(key) != getattr(model_config, key):
+            raise ConfigError(f"'{directory}' was trained with {key} {trained.get(key)!r}, "
+                              f"this run has {getattr(model_config, key)!r}",
+                              field="start_from")
+    weights = load_file(str(adapter))
+    expected = set(get_peft_model_state_dict(model))
+    if set(weights) != expected:
+        raise ConfigError(f"the adapter in '{directory}' covers other layers or modules "
+                          f"({len(set(weights) ^ expected)} tensors differ): set lora_layers "
+                          "and lora_targets as it was trained", field="start_from")
+    set_peft_model_state_dict(model, weights)
+    names = Catalog.from_json(json.dumps(record["catalog"]), source=str(directory)).names
+    device = model.get_input_embeddings().weight.device
+    head, added, dropped = head_for_catalog(load_head(directory, names, device=device),
+                                            catalog.names, model, tokenizer)
+    log.info("starting from %s: %d head rows kept, %d new (%s), %d dropped", directory,
+             len(catalog.names) - len(added), len(added), ", ".join(added) or "none",
+             len(dropped))
+    return head
 
 
 def head_loss_module(model: Any, head: Any, *, label_smoothing: float = 0.0) -> Any:
