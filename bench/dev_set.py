@@ -47,7 +47,7 @@ def main() -> None:
     from radproto.model.loading import cpu_has_native_bf16
     from radproto.training.calibrate import cross_fitted, labelled_fields
     from radproto.training.corpus import write_corpus
-    from radproto.training.metrics import classification_metrics, group_accuracy
+    from radproto.training.metrics import auto_assigned, classification_metrics, group_accuracy
     from radproto.training.orderfile import read_orders
     from radproto.training.tracking import load_model
 
@@ -95,13 +95,12 @@ def main() -> None:
     rows.append(["ECE", *(f"{m['ece']:.3f}" for m in metrics)])
     rows.append(["mean confidence", *(f"{m['mean_confidence']:.3f}" for m in metrics)])
     dev_blend = catalog_probabilities(dev["blend"], classifier.temperature)
-    accepted = dev_blend.max(axis=1) >= classifier.abstain_threshold
-    right = dev_blend.argmax(axis=1) == dev["labels"]
-    crossed_right = crossed.argmax(axis=1) == dev["labels"]
+    shipped = auto_assigned(dev_blend.max(axis=1) >= classifier.abstain_threshold,
+                            dev_blend.argmax(axis=1) == dev["labels"])
+    crossed_share = auto_assigned(crossed_accepted, crossed.argmax(axis=1) == dev["labels"])
     rows.append(["auto-assigned at the fitted threshold (accuracy of those)",
-                 f"{_pct(accepted.mean())} ({_pct(right[accepted].mean())})", "-", "-", "-",
-                 "-", f"{_pct(crossed_accepted.mean())} "
-                      f"({_pct(crossed_right[crossed_accepted].mean())})"])
+                 f"{_pct(shipped[0])} ({_pct(shipped[1])})", "-", "-", "-", "-",
+                 f"{_pct(crossed_share[0])} ({_pct(crossed_share[1])})"])
 
     groups = []
     for key in ("style", "difficulty"):

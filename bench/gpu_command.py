@@ -187,16 +187,15 @@ start = time.perf_counter()
 batched = clf.score_orders(rows)
 burst_s = time.perf_counter() - start
 peak_batched = peak()
-fields = [dict(r) for r in rows]
 sync()
 start = time.perf_counter()
-clf.head_log_probs(fields)  # the decoder and head alone: no suggestion objects, no blend
+clf.head_log_probs(rows)  # the decoder and head alone: no suggestion objects, no blend
 sync()
 head_s = time.perf_counter() - start
 if cuda and len(sys.argv) > 7 and sys.argv[7]:
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        clf.head_log_probs(fields[:128])
+        clf.head_log_probs(rows[:128])
         sync()
     with open(sys.argv[7], "w") as f:
         f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))

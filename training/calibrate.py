@@ -72,33 +72,48 @@ def calibrate(classifier: Any, fields: Sequence[Mapping[str, Any]], labels: np.n
 
     The threshold is the lowest confidence at which the accepted orders reach
     `abstain_accuracy`. `head_log_probs` saves the forward pass when the caller has them."""
-    from radproto.training.metrics import coverage_at
-
     names = classifier.catalog.names
     head = (head_log_probs if head_log_probs is not None
             else classifier.head_log_probs(list(fields)))
-    lexical_top1 = None
+    from_lexical = lexical_top1 = None
     if lexical is not None:
         lexical = lexical.for_catalog(names)
         from_lexical = lexical.log_probs(fields)
-        weight, temperature = fit_blend(head, from_lexical, labels)
-        blended = blend_log_probs(head, from_lexical, weight)
         lexical_top1 = float((from_lexical.argmax(axis=1) == labels).mean())
-    else:
-        weight, blended = 0.0, head
-        temperature = fit_temperature(head, labels)
+    weight, temperature, threshold = fit_calibration(head, from_lexical, labels,
+                                                     abstain_accuracy)
     classifier.lexical, classifier.lexical_weight = lexical, weight
     classifier.temperature = temperature
-    probs = catalog_probabilities(blended, temperature)
-    _, threshold = coverage_at(probs.max(axis=1), probs.argmax(axis=1) == labels,
-                               abstain_accuracy)
     classifier.abstain_threshold = threshold
+    probs = catalog_probabilities(_blended(head, from_lexical, weight), temperature)
     return Calibration(
         fitted_on=fitted_on or f"{len(labels)} labelled orders", n=len(labels),
         lexical_weight=weight, temperature=temperature, abstain_threshold=threshold,
         abstain_accuracy=abstain_accuracy,
         head_top1=float((head.argmax(axis=1) == labels).mean()), lexical_top1=lexical_top1,
         top1=float((probs.argmax(axis=1) == labels).mean()))
+
+
+def _blended(head: np.ndarray, lexical: np.ndarray | None, weight: float) -> np.ndarray:
+    """The head's log-probabilities blended with the lexical model's (the head alone when
+    there are none), before the temperature."""
+    return head if lexical is None else blend_log_probs(head, lexical, weight)
+
+
+def fit_calibration(head: np.ndarray, lexical: np.ndarray | None, labels: np.ndarray,
+                    target: float = 0.95) -> tuple[float, float, float]:
+    """(lexical weight, temperature, abstain threshold) fitted on labelled orders: the blend
+    (`fit_blend`; the temperature alone without lexical log-probabilities), then the lowest
+    confidence at which the accepted orders are `target` accurate."""
+    from radproto.training.metrics import coverage_at
+
+    if lexical is None:
+        weight, temperature = 0.0, fit_temperature(head, labels)
+    else:
+        weight, temperature = fit_blend(head, lexical, labels)
+    probs = catalog_probabilities(_blended(head, lexical, weight), temperature)
+    _, threshold = coverage_at(probs.max(axis=1), probs.argmax(axis=1) == labels, target)
+    return weight, temperature, threshold
 
 
 def lexical_training_rows(data: str | Path | None, catalog: Catalog) -> list[dict[str, Any]]:
@@ -151,8 +166,6 @@ def cross_fitted(head: np.ndarray, lexical: np.ndarray | None, label_indices: np
     calibrated log-probabilities and whether its confidence clears its fold's threshold."""
     from scipy.special import log_softmax
 
-    from radproto.training.metrics import coverage_at
-
     n = len(label_indices)
     if folds < 2 or n < folds:
         raise ValueError(f"cross-fitting needs at least 2 folds and as many orders ({n} "
@@ -162,17 +175,9 @@ def cross_fitted(head: np.ndarray, lexical: np.ndarray | None, label_indices: np
     accepted = np.zeros(n, dtype=bool)
     for fold in range(folds):
         fit, held = fold_of != fold, fold_of == fold
-        if lexical is None:
-            weight, combined = 0.0, np.asarray(head, dtype=np.float64)
-            temperature = fit_temperature(combined[fit], label_indices[fit])
-        else:
-            weight, temperature = fit_blend(head[fit], lexical[fit], label_indices[fit])
-            combined = blend_log_probs(head, lexical, weight)
-        calibrated = log_softmax(combined / temperature, axis=-1)
-        probs = np.exp(calibrated[fit])
-        _, threshold = coverage_at(probs.max(axis=1),
-                                   probs.argmax(axis=1) == label_indices[fit], target)
-        out[held] = calibrated[held]
-        accepted[held] = np.exp(calibrated[held]).max(axis=1) >= threshold
+        weight, temperature, threshold = fit_calibration(
+            head[fit], None if lexical is None else lexical[fit], label_indices[fit], target)
+        blended = _blended(head[held], None if lexical is None else lexical[held], weight)
+        out[held] = log_softmax(np.asarray(blended, dtype=np.float64) / temperature, axis=-1)
+        accepted[held] = np.exp(out[held]).max(axis=1) >= threshold
     return out, accepted
-

@@ -19,7 +19,7 @@ import numpy as np
 from radproto.model.catalog import Catalog
 from radproto.model.errors import OrderFileError
 from radproto.model.order import ORDER_FILE_FIELDS
-from radproto.training.metrics import GROUP_KEYS
+from radproto.training.metrics import GROUP_KEYS, auto_assigned
 from radproto.training.report import build_report
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,10 @@ def _abstention(log_probs: np.ndarray, labels: np.ndarray, classifier: Any) -> d
     from radproto.model.calibration import catalog_probabilities
 
     probs = catalog_probabilities(log_probs, classifier.temperature)
-    accepted = probs.max(axis=1) >= classifier.abstain_threshold
-    right = probs.argmax(axis=1) == labels
+    share, accuracy = auto_assigned(probs.max(axis=1) >= classifier.abstain_threshold,
+                                    probs.argmax(axis=1) == labels)
     return {"abstain_threshold": float(classifier.abstain_threshold),
-            "threshold_accepted": float(accepted.mean()) if len(labels) else 0.0,
-            "threshold_accepted_accuracy": float(right[accepted].mean())
-            if accepted.any() else 0.0}
+            "threshold_accepted": share, "threshold_accepted_accuracy": accuracy}
 
 
 def _cross_fit_metrics(classifier: Any, fields: list[dict[str, Any]], labels: np.ndarray,
@@ -160,13 +158,11 @@ def _cross_fit_metrics(classifier: Any, fields: list[dict[str, Any]], labels: np
         head, lexical = log_probs, None
     calibrated, accepted = cross_fitted(head, lexical, labels, folds=folds)
     m = classification_metrics(np.exp(calibrated), labels, classifier.catalog.names)
-    right = calibrated.argmax(axis=1) == labels
+    share, accuracy = auto_assigned(accepted, calibrated.argmax(axis=1) == labels)
     out = {f"cross_fit_{k}": m[k] for k in ("top1", "top3", "ece", "coverage_at_95",
                                              "mean_confidence")}
-    out.update({"cross_fit_folds": folds,
-                "cross_fit_accepted": float(accepted.mean()),
-                "cross_fit_accepted_accuracy": float(right[accepted].mean())
-                if accepted.any() else 0.0})
+    out.update({"cross_fit_folds": folds, "cross_fit_accepted": share,
+                "cross_fit_accepted_accuracy": accuracy})
     return out
 
 

@@ -74,6 +74,13 @@ def coverage_at(confidence: np.ndarray, correct: np.ndarray,
     return float(coverage[best]), float(threshold[best])
 
 
+def auto_assigned(accepted: np.ndarray, correct: np.ndarray) -> tuple[float, float]:
+    """(share of the orders accepted for auto-assignment, accuracy of those); 0 for none."""
+    accepted = np.asarray(accepted, dtype=bool)
+    share = float(accepted.mean()) if len(accepted) else 0.0
+    return share, float(np.asarray(correct)[accepted].mean()) if accepted.any() else 0.0
+
+
 def classification_metrics(probs: np.ndarray, labels: np.ndarray,
                            names: Sequence[str]) -> dict[str, Any]:
     """Top-1/top-3, macro-F1, per-protocol precision/recall, ECE, coverage at 95%."""

@@ -97,9 +97,9 @@ def start_from_trained(model: Any, tokenizer: Any, catalog: Catalog, config: Tra
 
     from radproto.model.head import head_for_catalog, load_head
     from radproto.model.model_dir import read_record
-    from radproto.model.sources import shipped_model_dir
+    from radproto.model.sources import SHIPPED_MODEL, shipped_model_dir
 
-    directory = shipped_model_dir() if config.start_from == "default" else Path(
+    directory = shipped_model_dir() if config.start_from == SHIPPED_MODEL else Path(
         config.start_from)
     adapter = directory / "adapter_model.safetensors"
     if not adapter.is_file():
