@@ -21,7 +21,8 @@ orders in one call. The CPU is named: figures move several-fold between CPUs.
 `--isa avx2` emulates an AVX2-only CPU on a newer one: PyTorch, oneDNN and MKL are held to
 their AVX2 kernels and the model is loaded as on a CPU without native bf16 (float32); the
 clock and caches stay this CPU's, so it approximates, not replaces, a real AVX2 machine. It
-writes its own section (classifier-cpu-avx2).
+writes its own section (classifier-cpu-avx2-emulated); a real CPU without native bf16 writes
+classifier-cpu-avx2, one with it classifier-cpu.
 """
 
 from __future__ import annotations
@@ -184,9 +185,13 @@ def main() -> None:
             f"the head is {speedup:.1f}x faster than the prefix tree on the same weights "
             "(both float32). Targets (issue 15): p50 <= 150 ms and >= 8 orders/s on AVX-512 "
             "cores; p50 <= 350 ms and >= 4 orders/s on AVX2-only cores.")
+    # One section per kind of CPU, so a session on another CPU adds its figures, not replaces.
     if args.isa == "avx2":
-        write_section("classifier-cpu-avx2", "Classifier on CPU, an AVX2-only CPU emulated",
-                      body)
+        write_section("classifier-cpu-avx2-emulated",
+                      "Classifier on CPU, an AVX2-only CPU emulated", body)
+    elif not native_bf16:
+        write_section("classifier-cpu-avx2",
+                      "Classifier on CPU, a real AVX2-only CPU (no native bf16)", body)
     else:
         write_section("classifier-cpu",
                       "Classifier on CPU: as served, as before, the prefix tree", body)

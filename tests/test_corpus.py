@@ -284,17 +284,20 @@ def test_no_dev_order_is_in_the_corpus(corpus) -> None:
 
 
 def test_the_hand_written_sets_stay_apart() -> None:
-    """tune.jsonl is training data and calib.jsonl the fitting set of the shipped model: no
-    development order may appear in either, nor a calibration order in the training set."""
-    sets = {name: DEFAULT_DEV_SET.with_name(f"{name}.jsonl") for name in ("dev", "tune", "calib")}
+    """tune.jsonl and hand.jsonl are training data, calib.jsonl the fitting set of the shipped
+    model: no development order may appear in any of them, nor a calibration order in the
+    training sets; ids are unique across all four and every label is a catalog name."""
+    sets = {name: DEFAULT_DEV_SET.with_name(f"{name}.jsonl")
+            for name in ("dev", "tune", "calib", "hand")}
     if not all(path.is_file() for path in sets.values()):
         pytest.skip("an eval/ set is absent")
     rows = {name: read_orders(path, require_label=True) for name, path in sets.items()}
     texts = {name: {_order_text(r) for r in part} - {""} for name, part in rows.items()}
     assert all(len(t) >= 300 for t in texts.values())
-    assert not texts["dev"] & texts["tune"], "development orders in the training orders"
+    for training in ("tune", "hand"):
+        assert not texts["dev"] & texts[training], f"development orders in {training}.jsonl"
+        assert not texts["calib"] & texts[training], f"calibration orders in {training}.jsonl"
     assert not texts["dev"] & texts["calib"], "development orders in the calibration orders"
-    assert not texts["calib"] & texts["tune"], "calibration orders in the training orders"
     ids = [r["id"] for part in rows.values() for r in part]
     assert len(ids) == len(set(ids))
     names = set(default_catalog().names)
