@@ -165,7 +165,8 @@ import numpy as np, torch
 from radproto.model.classifier import ProtocolClassifier
 from radproto.training.orderfile import read_orders
 model_dir, corpus = sys.argv[1], sys.argv[2]
-n_orders, n_single, compile_kernels = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+n_orders, n_single, options = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5].split(",")
+compile_kernels, fold_tokens = "compile" in options, 1024 if "fold" in options else 0
 batch_tokens = int(sys.argv[6])
 if torch.cuda.is_available():
     torch.cuda.reset_peak_memory_stats()
@@ -179,7 +180,8 @@ peak_load = peak()
 if cuda:  # from here on: what serving holds (loading NF4 from bf16 shards peaks higher)
     torch.cuda.reset_peak_memory_stats()
 clf.cuda_batch_tokens = batch_tokens
-prepare_s = clf.prepare_for_serving(compile_kernels=compile_kernels)  # as the service does
+prepare_s = clf.prepare_for_serving(compile_kernels=compile_kernels,  # as the service does
+                                    fold_lora_tokens=fold_tokens)
 rows = read_orders(corpus + "/validation.parquet")[:n_orders]
 clf.score_orders(rows[:64])  # warm-up
 sync()
@@ -213,7 +215,8 @@ top1 = np.mean([a.protocol == b.protocol for a, b in zip(singles, batched)])
 times.sort()
 print("SERVE", json.dumps({
     "load_seconds": round(load_s, 1), "prepare_seconds": round(prepare_s, 1),
-    "compile_kernels": compile_kernels, "batch_tokens": batch_tokens, "orders": len(rows),
+    "compile_kernels": compile_kernels, "fold_lora_tokens": fold_tokens,
+    "batch_tokens": batch_tokens, "orders": len(rows),
     "burst_orders_per_s": round(len(rows) / burst_s, 1),
     "head_orders_per_s": round(len(rows) / head_s, 1),
     "single_p50_ms": round(statistics.median(times), 2),
@@ -229,17 +232,17 @@ print("SERVE", json.dumps({
 
 
 def run_serve(model_dir: Path, corpus: Path, logs: Path, *, n_orders: int,
-              n_single: int, compile_kernels: bool, batch_tokens: int,
+              n_single: int, options: list[str], batch_tokens: int,
               profile: Path | None = None) -> dict[str, Any]:
     """Load the saved model as the service does and score a burst, then single orders
     (a fresh process each time: its peak memory is the serving process's); `profile`: where
     to write the CUDA profile of one 128-order batch."""
     proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, str(model_dir), str(corpus),
-                           str(n_orders), str(n_single), "1" if compile_kernels else "0",
+                           str(n_orders), str(n_single), ",".join(options) or "-",
                            str(batch_tokens), str(profile or "")],
                           capture_output=True, text=True, cwd=ROOT, check=False)
     logs.mkdir(parents=True, exist_ok=True)
-    (logs / f"serve_t{batch_tokens}{'_compiled' if compile_kernels else ''}.log").write_text(
+    (logs / f"serve_t{'_'.join([str(batch_tokens), *options])}.log").write_text(
         proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     for line in proc.stdout.splitlines():
         if line.startswith("SERVE "):
@@ -277,11 +280,11 @@ def run(args: argparse.Namespace) -> None:
     for setting in args.serve_settings.split(",") if args.serve else ():
         if time.perf_counter() - started > args.deadline:
             break
-        tokens, _, compiled = setting.partition("+")  # 8192+compile
+        tokens, *options = setting.split("+")  # 8192+compile+fold
         served.append({"model": args.serve, **run_serve(
             work / "runs" / args.serve, Path(args.corpus), out / "logs",
             n_orders=args.serve_orders, n_single=args.serve_single,
-            compile_kernels=compiled == "compile", batch_tokens=int(tokens),
+            options=options, batch_tokens=int(tokens),
             profile=out / f"profile_{setting}.txt" if args.profile else None)})
         rec.put("serve", served)
     print(render([rec.data]))
@@ -336,11 +339,13 @@ def render(results: list[dict[str, Any]]) -> str:
         for serve in data.get("serve", []):
             if "error" in serve:
                 rows.append([serve["model"], serve["error"][:200].replace("|", "/"), "", "", "",
-                             "", "", "", ""])
+                             "", "", "", "", ""])
                 continue
             rows.append([
                 serve["model"], serve.get("batch_tokens"),
                 "on" if serve["compile_kernels"] else "off",
+                f"from {serve['fold_lora_tokens']} tokens" if serve.get("fold_lora_tokens")
+                else "off",
                 f"{serve['load_seconds']} s + {serve['prepare_seconds']} s",
                 _n(serve["burst_orders_per_s"], 1), _n(serve.get("head_orders_per_s"), 1),
                 f"{serve['single_p50_ms']} / {serve['single_p95_ms']} ms",
@@ -350,7 +355,7 @@ def render(results: list[dict[str, Any]]) -> str:
                 f"{serve.get('peak_gb_loading', '-')} GB while loading"])
         if rows:
             parts.append(markdown_table(
-                ["served model", "batch tokens", "compiled kernels",
+                ["served model", "batch tokens", "compiled kernels", "LoRA folded",
                  "load + prepare_for_serving", "burst orders/s",
                  "decoder + head alone, orders/s", "single order p50 / p95",
                  "single (graph) vs batched", "peak memory"], rows))
@@ -457,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--serve", default="", help="a variant whose saved model to serve")
     p.add_argument("--serve-settings", default="32768,32768+compile",
-                   help="batch tokens per serving run, +compile for compiled kernels")
+                   help="batch tokens per serving run, +compile for compiled kernels, +fold for "
+                        "the LoRA delta folded into the dequantised weights")
     p.add_argument("--serve-orders", type=int, default=512)
     p.add_argument("--serve-single", type=int, default=100)
     p.add_argument("--profile", action="store_true",

@@ -44,7 +44,12 @@ from radproto.model.head import (
     offload_output_embeddings,
     save_head,
 )
-from radproto.model.kernels import cast_frozen_floats, compile_elementwise, lean_lora
+from radproto.model.kernels import (
+    cast_frozen_floats,
+    compile_elementwise,
+    fold_lora,
+    lean_lora,
+)
 from radproto.model.lexical import LexicalModel, load_lexical
 from radproto.model.loading import (
     DEFAULT_LORA_TARGETS,
@@ -204,10 +209,14 @@ class ProtocolClassifier:
                 max_prompt=self.config.max_length)
         return self._cuda_scorers["graphed"]
 
-    def prepare_for_serving(self, *, compile_kernels: bool = False) -> float:
+    def prepare_for_serving(self, *, compile_kernels: bool = False,
+                            fold_lora_tokens: int = 1024) -> float:
         """On CUDA, pay the first order's costs now: optionally compile the elementwise
         kernels (RMSNorm, SwiGLU, RoPE), capture the single-order graph of every
-        prompt-length bucket and run one batch. Returns the seconds spent (0 elsewhere)."""
+        prompt-length bucket and run one batch. `fold_lora_tokens`: batches of at least this
+        many tokens add the LoRA delta to the dequantised 4-bit weights (kernels.fold_lora;
+        0: off; +10% decoder throughput on an H200, bench/GPU_NOTES.md run 12). Returns the
+        seconds spent (0 elsewhere)."""
         import time
 
         if not _on_cuda(self.model):
@@ -216,6 +225,7 @@ class ProtocolClassifier:
         offload_output_embeddings(self.model)  # the head reads hidden states: 0.4 GB on a 7B
         if compile_kernels:
             compile_elementwise(self.model)
+        fold_lora(self.model, fold_lora_tokens)
         filler = self.tokenizer.eos_token_id
         with _eval_mode(self.model), mask_capable_attention(self.model):
             if self.cuda_graphs:

@@ -5,6 +5,8 @@
   per example elsewhere); registered as the attention implementation "radproto_varlen";
 - `lean_lora`: LoRA matmuls in the compute dtype, the add fused into the GEMM (peft upcasts
   activations to the adapter's float32 and adds separately);
+- `fold_lora`: for large inference batches on a 4-bit base, the LoRA delta added to the
+  weight bitsandbytes dequantises anyway (a fixed cost per call, not two GEMMs per token);
 - `cast_frozen_floats`: norms, embeddings and head kept in bf16 instead of the float32
   that prepare_model_for_kbit_training casts them to;
 - `compile_elementwise`: torch.compile'd RMSNorm, RoPE and SwiGLU (one fused kernel each).
@@ -128,6 +130,10 @@ def _lean_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         return self._radproto_plain_forward(x, *args, **kwargs)
     import torch
 
+    fold_tokens = self.__dict__.get("_radproto_fold_tokens", 0)
+    if (fold_tokens and not self.training and not torch.is_grad_enabled()
+            and x.numel() >= fold_tokens * x.shape[-1]):
+        return _folded_forward(self, x)
     result = self.base_layer(x, *args, **kwargs)
     for name in self.active_adapters:
         if name not in self.lora_A:
@@ -141,6 +147,45 @@ def _lean_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
                            alpha=self.scaling[name])
         result = flat.view(result.shape)
     return result
+
+
+def _dequantized_4bit(layer: Any) -> Any:
+    """The weight of a bitsandbytes 4-bit layer, dequantised."""
+    import bitsandbytes.functional as bnbf
+
+    return bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+
+
+def _folded_forward(self: Any, x: Any) -> Any:
+    """x @ (W + scale * B @ A)^T with W dequantised once: bitsandbytes dequantises W for every
+    call of more than one token anyway, so the adapter costs one rank-r GEMM per call instead
+    of two skinny GEMMs over every token."""
+    import torch.nn.functional as F
+
+    weight = _dequantized_4bit(self.base_layer).to(x.dtype)
+    for name in self.active_adapters:
+        if name in self.lora_A:
+            weight.addmm_(self.lora_B[name].weight.to(x.dtype),
+                          self.lora_A[name].weight.to(x.dtype), alpha=self.scaling[name])
+    bias = self.base_layer.bias
+    return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+
+
+def fold_lora(model: Any, min_tokens: int) -> int:
+    """Score calls of at least `min_tokens` tokens with the LoRA delta folded into the
+    dequantised 4-bit weight (inference only; 0 turns it off). Applies to layers lean_lora
+    patched over a bitsandbytes 4-bit base; returns how many."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "_radproto_plain_forward") and \
+                _is_4bit(getattr(module, "base_layer", None)):
+            module._radproto_fold_tokens = int(min_tokens)
+            count += 1
+    return count
+
+
+def _is_4bit(layer: Any) -> bool:
+    return getattr(getattr(layer, "weight", None), "quant_state", None) is not None
 
 
 def lean_lora(model: Any) -> int:
@@ -166,6 +211,7 @@ def plain_lora(model: Any) -> int:
         if hasattr(module, "_radproto_plain_forward"):
             del module.forward
             del module._radproto_plain_forward
+            module.__dict__.pop("_radproto_fold_tokens", None)
             count += 1
     return count
 

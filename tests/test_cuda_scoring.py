@@ -93,3 +93,47 @@ def test_batched_scorer_reads_the_last_real_token_not_the_padding():
         hidden = model.model(input_ids=torch.tensor([short])).last_hidden_state[0, -1]
         reference = torch.log_softmax(head(hidden[None]), -1)[0].double().numpy()
     np.testing.assert_allclose(alone[0], reference, rtol=0, atol=1e-5)
+
+
+def test_folded_lora_on_a_4bit_base_equals_the_lean_path(tmp_path, monkeypatch):
+    """fold_lora adds the LoRA delta to the dequantised NF4 weight for large inference calls:
+    the same log-probabilities as two skinny LoRA GEMMs, only above its token threshold and
+    never while training (bitsandbytes runs NF4 on CPU too)."""
+    from test_train_support import write_tiny_base
+
+    from radproto.model.loading import ModelConfig, load_base_model
+
+    model, tokenizer = load_base_model(
+        ModelConfig(base_model=str(write_tiny_base(tmp_path / "base")), quantization="nf4"),
+        "cpu")
+    model = with_lora(model).eval()
+    head = new_head(model, tokenizer, default_catalog().names)
+    prompts = random_prompts(26, 6, vocab=model.get_input_embeddings().weight.shape[0])
+    pad = tokenizer.pad_token_id
+    kernels.lean_lora(model)
+    lean = BatchedScorer(model, head, pad).log_probs(prompts)
+    folded_calls = []
+    original = kernels._folded_forward
+    monkeypatch.setattr(kernels, "_folded_forward",
+                        lambda layer, x: folded_calls.append(x.shape) or original(layer, x))
+
+    assert kernels.fold_lora(model, 1) == 14  # 7 targets x 2 layers, all 4-bit
+    folded = BatchedScorer(model, head, pad).log_probs(prompts)
+    assert folded_calls, "the folded path did not run"
+    np.testing.assert_allclose(folded, lean, rtol=0, atol=2e-3)
+    with model.disable_adapter():  # the adapter matters, so the fold really carried it
+        base = BatchedScorer(model, head, pad).log_probs(prompts)
+    assert np.abs(base - lean).max() > 1e-2
+
+    folded_calls.clear()
+    kernels.fold_lora(model, 10_000)  # calls below the threshold keep the lean path
+    np.testing.assert_array_equal(BatchedScorer(model, head, pad).log_probs(prompts), lean)
+    assert not folded_calls
+    kernels.fold_lora(model, 1)
+    model.train()  # training never folds: the adapter's gradients come from its own GEMMs
+    ids = torch.tensor([prompts[0]])
+    model(input_ids=ids).logits.sum().backward()
+    assert not folded_calls
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
+    assert kernels.plain_lora(model) == 14
+    assert not any("_radproto_fold_tokens" in vars(m) for m in model.modules())
