@@ -312,3 +312,18 @@ def test_a_run_can_start_from_a_trained_model(assets: dict, tmp_path: Path) -> N
         with pytest.raises(ConfigError) as refused:
             Trainer(other, assets["catalog"], progress=False).setup()
         assert refused.value.field == "start_from"
+
+
+def test_the_default_preset_builds_the_shipped_models_adapter() -> None:
+    """`radproto train --preset default --set start_from=default` fine-tunes the shipped
+    model: the preset must build the adapter the shipped model was trained with, or
+    start_from refuses it (above)."""
+    from radproto.model.sources import shipped_model_dir
+
+    shipped = json.loads((shipped_model_dir() / "train_config.json").read_text())
+    preset = load_preset("default")
+    for key in ("base_model", "lora_r", "lora_alpha", "lora_layers", "lora_targets",
+                "max_length"):
+        assert getattr(preset, key) == shipped[key], key
+    adapter = json.loads((shipped_model_dir() / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (preset.lora_r, preset.lora_alpha)
