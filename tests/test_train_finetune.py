@@ -192,8 +192,12 @@ def test_packed_training_follows_the_padded_run(assets: dict, tmp_path: Path) ->
     assert len(losses) == 5 and len(set(losses)) == 5  # every step changed the model
     assert [h["val_loss"] for h in packed_state["history"]] == pytest.approx(losses, rel=1e-4)
     assert packed_state["weights"].keys() == padded_state["weights"].keys()
+    # Adam moves a weight by about the learning rate (5e-3) per step whatever its gradient's
+    # size, so a near-zero gradient summed in another order can move it slightly differently:
+    # allow 2% of one step (1e-4); a wrong layout moves weights by whole steps. (1e-5 failed
+    # by 1.3e-5 on one element of 256 on an AVX2-only CPU.)
     for name, tensor in padded_state["weights"].items():
-        torch.testing.assert_close(packed_state["weights"][name], tensor, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(packed_state["weights"][name], tensor, rtol=1e-3, atol=1e-4)
     assert packed.temperature == pytest.approx(padded.temperature, rel=1e-3)
     record = json.loads((tmp_path / "on" / "radproto_model.json").read_text())
     assert record["metadata"]["train"]["throughput"]["packing"] is True
