@@ -19,10 +19,10 @@ from typing import Any
 
 # q, k, v, o (4096 x 4096), gate and up (11008 x 4096), down (4096 x 11008): (out, in, count)
 LLAMA_7B_LAYER = [(4096, 4096, 4), (11008, 4096, 2), (4096, 11008, 1)]
-TOKENS = [16, 64, 96, 256, 1024]
+TOKENS = [16, 96, 256, 1024]
 CONFIGS = [
-    {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4, "num_stages": st}
-    for bm in (16, 32, 64, 128) for bn in (32, 64, 128) for st in (3, 4)
+    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCKS_PER_STEP": s, "num_warps": 4, "num_stages": 3}
+    for bm in (16, 64, 128) for bn in (32, 64, 128) for s in (1, 2, 4)
 ]
 
 

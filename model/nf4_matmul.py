@@ -17,20 +17,14 @@ keep bitsandbytes' dequantise-then-GEMM, where the GEMM dominates and cuBLAS is 
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
-
-@functools.cache
-def _triton() -> tuple[Any, Any] | None:
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        return None
-    return triton, tl
-
+try:  # Triton ships with torch's CUDA builds; the CPU venv keeps it aside (tests)
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
 
 def interpreted() -> bool:
     """Whether Triton runs in its CPU interpreter (TRITON_INTERPRET=1: the tests here)."""
@@ -39,60 +33,87 @@ def interpreted() -> bool:
 
 def available() -> bool:
     """Whether Triton can be imported (it ships with torch's CUDA builds)."""
-    return _triton() is not None
+    return triton is not None
 
 
-@functools.cache
-def _kernel() -> Any:
-    triton, tl = _triton()
+if triton is not None:
+    @triton.jit
+    def _nf4_level(q):
+        # bitsandbytes' 16 NF4 levels picked by the code's bits in registers: a table lookup
+        # in memory for every weight would stall the loop on load latency
+        b0 = (q & 1) != 0
+        b1 = (q & 2) != 0
+        b2 = (q & 4) != 0
+        v0 = tl.where(b0, -0.6961928009986877, -1.0)
+        v1 = tl.where(b0, -0.39491748809814453, -0.5250730514526367)
+        v2 = tl.where(b0, -0.18477343022823334, -0.28444138169288635)
+        v3 = tl.where(b0, 0.0, -0.09105003625154495)
+        v4 = tl.where(b0, 0.16093020141124725, 0.07958029955625534)
+        v5 = tl.where(b0, 0.33791524171829224, 0.24611230194568634)
+        v6 = tl.where(b0, 0.5626170039176941, 0.44070982933044434)
+        v7 = tl.where(b0, 1.0, 0.7229568362236023)
+        w0 = tl.where(b1, v1, v0)
+        w1 = tl.where(b1, v3, v2)
+        w2 = tl.where(b1, v5, v4)
+        w3 = tl.where(b1, v7, v6)
+        return tl.where((q & 8) != 0, tl.where(b2, w3, w2), tl.where(b2, w1, w0))
 
     @triton.jit
-    def nf4_matmul_kernel(x_ptr, w_ptr, absmax_ptr, code2_ptr, absmax2_ptr, nf4_ptr,
-                          out_ptr, offset, M, N, K, stride_xm, stride_om,
+    def _nf4_matmul_kernel(x_ptr, w_ptr, absmax_ptr, code2_ptr, absmax2_ptr, out_ptr,
+                          offset, M, N, K, stride_xm, stride_om,
                           NESTED: tl.constexpr, QBLOCK: tl.constexpr,
-                          QBLOCK2: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_N: tl.constexpr):
-        # One K step is one quantisation block (QBLOCK values of a weight row), so each row
-        # of the weight tile has a single absmax per step.
+                          QBLOCK2: tl.constexpr, BLOCKS_PER_STEP: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        # A step covers BLOCKS_PER_STEP quantisation blocks (QBLOCK values of a weight row
+        # each); the weight tile is built as [K step, BLOCK_N] so the dot needs no transpose.
+        STEP: tl.constexpr = BLOCKS_PER_STEP * QBLOCK
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        pair = tl.arange(0, QBLOCK // 2)
         row_ok = rows < M
         col_ok = cols < N
         blocks_per_row = K // QBLOCK
+        x_at = x_ptr + rows[:, None] * stride_xm + tl.arange(0, STEP)[None, :]
+        w_at = w_ptr + cols[None, :] * (K // 2) + tl.arange(0, STEP // 2)[:, None]
+        block_at = cols[None, :] * blocks_per_row + tl.arange(0, BLOCKS_PER_STEP)[:, None]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for step in range(0, blocks_per_row):
-            k0 = step * QBLOCK
-            x_at = x_ptr + rows[:, None] * stride_xm + (k0 + 2 * pair)[None, :]
-            x_even = tl.load(x_at, mask=row_ok[:, None], other=0.0)
-            x_odd = tl.load(x_at + 1, mask=row_ok[:, None], other=0.0)
-            packed = tl.load(w_ptr + (cols[:, None] * K + k0) // 2 + pair[None, :],
-                             mask=col_ok[:, None], other=0)
-            block = cols * blocks_per_row + step
+        for step in range(0, blocks_per_row // BLOCKS_PER_STEP):
+            x = tl.load(x_at + step * STEP, mask=row_ok[:, None], other=0.0)
+            packed = tl.load(w_at + step * (STEP // 2), mask=col_ok[None, :], other=0)
+            block = block_at + step * BLOCKS_PER_STEP  # [BLOCKS_PER_STEP, BLOCK_N]
             if NESTED:
-                q = tl.load(absmax_ptr + block, mask=col_ok, other=0).to(tl.int32)
+                q = tl.load(absmax_ptr + block, mask=col_ok[None, :], other=0).to(tl.int32)
                 scale = tl.load(code2_ptr + q) * tl.load(absmax2_ptr + block // QBLOCK2) \
                     + offset
             else:
-                scale = tl.load(absmax_ptr + block, mask=col_ok, other=0.0)
-            high = tl.load(nf4_ptr + (packed >> 4).to(tl.int32)) * scale[:, None]
-            low = tl.load(nf4_ptr + (packed & 15).to(tl.int32)) * scale[:, None]
-            acc = tl.dot(x_even, tl.trans(high.to(x_even.dtype)), acc)
-            acc = tl.dot(x_odd, tl.trans(low.to(x_odd.dtype)), acc)
+                scale = tl.load(absmax_ptr + block, mask=col_ok[None, :], other=0.0)
+            # two codes a byte, the first in the high nibble: interleave them back along K
+            levels = tl.join(_nf4_level((packed >> 4).to(tl.int32)),
+                             _nf4_level((packed & 15).to(tl.int32)))  # [STEP/2, BLOCK_N, 2]
+            levels = tl.reshape(tl.permute(levels, (0, 2, 1)), (STEP, BLOCK_N))
+            scale = tl.reshape(tl.broadcast_to(scale[:, None, :],
+                                               (BLOCKS_PER_STEP, QBLOCK, BLOCK_N)),
+                               (STEP, BLOCK_N))
+            acc = tl.dot(x, (levels * scale).to(x.dtype), acc)
         out_at = out_ptr + rows[:, None] * stride_om + cols[None, :]
         tl.store(out_at, acc.to(out_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & col_ok[None, :])
 
-    return nf4_matmul_kernel
+
+NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+              -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+              0.07958029955625534, 0.16093020141124725, 0.24611230194568634,
+              0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+              0.7229568362236023, 1.0)  # the kernel's nf4_level hard-codes these
 
 
 def tile_config(m: int) -> dict[str, int]:
     """Tile sizes by the number of rows (tokens). Few rows: the weight read is the cost, so
     narrow tiles give every SM its share of the weight; measured on an H100 (GPU_NOTES)."""
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    return {"BLOCK_M": block_m, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+    return {"BLOCK_M": block_m, "BLOCK_N": 64, "BLOCKS_PER_STEP": 2, "num_warps": 4,
+            "num_stages": 3}
 
 
 def supported(weight: Any) -> bool:
@@ -102,7 +123,10 @@ def supported(weight: Any) -> bool:
         return False
     if str(weight.dtype) != "torch.uint8" or len(state.shape) != 2:
         return False
-    return state.shape[1] % state.blocksize == 0 and state.blocksize % 32 == 0
+    if state.shape[1] % state.blocksize or state.blocksize % 32:
+        return False
+    levels = state.code.detach().float().cpu().tolist()
+    return all(abs(a - b) < 1e-7 for a, b in zip(levels, NF4_LEVELS, strict=True))
 
 
 def nf4_linear(x: Any, weight: Any, bias: Any = None, *,
@@ -117,14 +141,17 @@ def nf4_linear(x: Any, weight: Any, bias: Any = None, *,
         flat = flat.contiguous()
     m = flat.shape[0]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    nested, absmax, code2, absmax2, offset, qblock2, nf4 = _statistics(weight)
+    nested, absmax, code2, absmax2, offset, qblock2 = _statistics(weight)
     cfg = dict(config or tile_config(m))
     block_m, block_n = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
+    per_step = cfg.pop("BLOCKS_PER_STEP", 1)
+    while (k // state.blocksize) % per_step:  # e.g. 11008 = 172 blocks of 64: 4 divides
+        per_step //= 2
     grid = (-(-m // block_m), -(-n // block_n))
-    _kernel()[grid](flat, weight.data.reshape(-1), absmax, code2, absmax2, nf4, out,
+    _nf4_matmul_kernel[grid](flat, weight.data.reshape(-1), absmax, code2, absmax2, out,
                     offset, m, n, k, flat.stride(0), out.stride(0), NESTED=nested,
                     QBLOCK=int(state.blocksize), QBLOCK2=qblock2,
-                    BLOCK_M=block_m, BLOCK_N=block_n, **cfg)
+                    BLOCKS_PER_STEP=per_step, BLOCK_M=block_m, BLOCK_N=block_n, **cfg)
     if bias is not None:
         out += bias.to(out.dtype)
     return out.view(*x.shape[:-1], n)
@@ -138,13 +165,11 @@ def _statistics(weight: Any) -> tuple:
         import torch
 
         state = weight.quant_state
-        nf4 = state.code.to(torch.float32)
         if getattr(state, "nested", False):
             cached = (True, state.absmax, state.state2.code.to(torch.float32),
-                      state.state2.absmax, float(state.offset), int(state.state2.blocksize),
-                      nf4)
+                      state.state2.absmax, float(state.offset), int(state.state2.blocksize))
         else:
             absmax = state.absmax.to(torch.float32)
-            cached = (False, absmax, nf4, absmax, 0.0, 1, nf4)
+            cached = (False, absmax, absmax, absmax, 0.0, 1)
         weight.__dict__["_radproto_nf4"] = cached
     return cached
