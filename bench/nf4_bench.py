@@ -19,10 +19,12 @@ from typing import Any
 
 # q, k, v, o (4096 x 4096), gate and up (11008 x 4096), down (4096 x 11008): (out, in, count)
 LLAMA_7B_LAYER = [(4096, 4096, 4), (11008, 4096, 2), (4096, 11008, 1)]
-TOKENS = [16, 96, 256, 1024]
+TOKENS = [16, 96, 256]
 CONFIGS = [
-    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCKS_PER_STEP": s, "num_warps": 4, "num_stages": 3}
-    for bm in (16, 64, 128) for bn in (32, 64, 128) for s in (1, 2, 4)
+    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCKS_PER_STEP": s, "SPLIT_K": split,
+     "INTERLEAVE": inter, "num_warps": 4, "num_stages": 3}
+    for bm in (16, 32, 64, 128) for bn in (32, 64, 128) for s in (1, 2)
+    for split in (1, 2, 4) for inter in (0, 1)
 ]
 
 
@@ -68,7 +70,7 @@ def _measure(layer: Any, dense: Any, m: int) -> dict[str, Any]:
                                "dense_bf16_ms": _time_ms(lambda: x @ dense.t())}
         best = None
         for cfg in CONFIGS:
-            if cfg["BLOCK_M"] > max(16, 2 * m):
+            if not m // 2 <= cfg["BLOCK_M"] <= max(16, 2 * m):  # one or two row tiles
                 continue
             try:
                 out = nf4_matmul.nf4_linear(x, layer.weight, config=cfg)

@@ -60,27 +60,36 @@ if triton is not None:
 
     @triton.jit
     def _nf4_matmul_kernel(x_ptr, w_ptr, absmax_ptr, code2_ptr, absmax2_ptr, out_ptr,
-                          offset, M, N, K, stride_xm, stride_om,
-                          NESTED: tl.constexpr, QBLOCK: tl.constexpr,
-                          QBLOCK2: tl.constexpr, BLOCKS_PER_STEP: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                           offset, M, N, K, stride_xm, stride_om,
+                           NESTED: tl.constexpr, QBLOCK: tl.constexpr,
+                           QBLOCK2: tl.constexpr, BLOCKS_PER_STEP: tl.constexpr,
+                           SPLIT_K: tl.constexpr, INTERLEAVE: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         # A step covers BLOCKS_PER_STEP quantisation blocks (QBLOCK values of a weight row
-        # each); the weight tile is built as [K step, BLOCK_N] so the dot needs no transpose.
+        # each), the weight tile built as [K, N] so that the dot needs no transpose. With
+        # SPLIT_K > 1 each program sums a slice of K into a float32 output atomically (few
+        # rows: more programs to share the weight read, without re-reading x per column).
         STEP: tl.constexpr = BLOCKS_PER_STEP * QBLOCK
+        HALF: tl.constexpr = STEP // 2
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
+        pid_k = tl.program_id(2)
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < M
         col_ok = cols < N
         blocks_per_row = K // QBLOCK
-        x_at = x_ptr + rows[:, None] * stride_xm + tl.arange(0, STEP)[None, :]
-        w_at = w_ptr + cols[None, :] * (K // 2) + tl.arange(0, STEP // 2)[:, None]
+        steps = blocks_per_row // BLOCKS_PER_STEP // SPLIT_K
+        first = pid_k * steps
+        if INTERLEAVE:  # one dot: the two nibbles joined back into K order
+            x_at = x_ptr + rows[:, None] * stride_xm + tl.arange(0, STEP)[None, :]
+        else:  # two dots: even K positions with the high nibbles, odd with the low
+            x_at = x_ptr + rows[:, None] * stride_xm + 2 * tl.arange(0, HALF)[None, :]
+        w_at = w_ptr + cols[None, :] * (K // 2) + tl.arange(0, HALF)[:, None]
         block_at = cols[None, :] * blocks_per_row + tl.arange(0, BLOCKS_PER_STEP)[:, None]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for step in range(0, blocks_per_row // BLOCKS_PER_STEP):
-            x = tl.load(x_at + step * STEP, mask=row_ok[:, None], other=0.0)
-            packed = tl.load(w_at + step * (STEP // 2), mask=col_ok[None, :], other=0)
+        for step in range(first, first + steps):
+            packed = tl.load(w_at + step * HALF, mask=col_ok[None, :], other=0)
             block = block_at + step * BLOCKS_PER_STEP  # [BLOCKS_PER_STEP, BLOCK_N]
             if NESTED:
                 q = tl.load(absmax_ptr + block, mask=col_ok[None, :], other=0).to(tl.int32)
@@ -88,17 +97,29 @@ if triton is not None:
                     + offset
             else:
                 scale = tl.load(absmax_ptr + block, mask=col_ok[None, :], other=0.0)
-            # two codes a byte, the first in the high nibble: interleave them back along K
-            levels = tl.join(_nf4_level((packed >> 4).to(tl.int32)),
-                             _nf4_level((packed & 15).to(tl.int32)))  # [STEP/2, BLOCK_N, 2]
-            levels = tl.reshape(tl.permute(levels, (0, 2, 1)), (STEP, BLOCK_N))
-            scale = tl.reshape(tl.broadcast_to(scale[:, None, :],
-                                               (BLOCKS_PER_STEP, QBLOCK, BLOCK_N)),
-                               (STEP, BLOCK_N))
-            acc = tl.dot(x, (levels * scale).to(x.dtype), acc)
+            high = _nf4_level((packed >> 4).to(tl.int32))  # [HALF, BLOCK_N]
+            low = _nf4_level((packed & 15).to(tl.int32))
+            if INTERLEAVE:
+                x = tl.load(x_at + step * STEP, mask=row_ok[:, None], other=0.0)
+                levels = tl.reshape(tl.permute(tl.join(high, low), (0, 2, 1)), (STEP, BLOCK_N))
+                scale = tl.reshape(tl.broadcast_to(scale[:, None, :],
+                                                   (BLOCKS_PER_STEP, QBLOCK, BLOCK_N)),
+                                   (STEP, BLOCK_N))
+                acc = tl.dot(x, (levels * scale).to(x.dtype), acc)
+            else:
+                x_even = tl.load(x_at + step * STEP, mask=row_ok[:, None], other=0.0)
+                x_odd = tl.load(x_at + step * STEP + 1, mask=row_ok[:, None], other=0.0)
+                scale = tl.reshape(tl.broadcast_to(scale[:, None, :],
+                                                   (BLOCKS_PER_STEP, QBLOCK // 2, BLOCK_N)),
+                                   (HALF, BLOCK_N))
+                acc = tl.dot(x_even, (high * scale).to(x_even.dtype), acc)
+                acc = tl.dot(x_odd, (low * scale).to(x_odd.dtype), acc)
         out_at = out_ptr + rows[:, None] * stride_om + cols[None, :]
-        tl.store(out_at, acc.to(out_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & col_ok[None, :])
+        mask = row_ok[:, None] & col_ok[None, :]
+        if SPLIT_K == 1:
+            tl.store(out_at, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.atomic_add(out_at, acc, mask=mask)
 
 
 NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
@@ -112,8 +133,8 @@ def tile_config(m: int) -> dict[str, int]:
     """Tile sizes by the number of rows (tokens). Few rows: the weight read is the cost, so
     narrow tiles give every SM its share of the weight; measured on an H100 (GPU_NOTES)."""
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    return {"BLOCK_M": block_m, "BLOCK_N": 64, "BLOCKS_PER_STEP": 2, "num_warps": 4,
-            "num_stages": 3}
+    return {"BLOCK_M": block_m, "BLOCK_N": 64, "BLOCKS_PER_STEP": 2, "SPLIT_K": 1,
+            "INTERLEAVE": 1, "num_warps": 4, "num_stages": 3}
 
 
 def supported(weight: Any) -> bool:
@@ -140,18 +161,27 @@ def nf4_linear(x: Any, weight: Any, bias: Any = None, *,
     if flat.stride(-1) != 1:
         flat = flat.contiguous()
     m = flat.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     nested, absmax, code2, absmax2, offset, qblock2 = _statistics(weight)
     cfg = dict(config or tile_config(m))
     block_m, block_n = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
-    per_step = cfg.pop("BLOCKS_PER_STEP", 1)
-    while (k // state.blocksize) % per_step:  # e.g. 11008 = 172 blocks of 64: 4 divides
+    per_step, split = cfg.pop("BLOCKS_PER_STEP", 1), cfg.pop("SPLIT_K", 1)
+    blocks = k // state.blocksize
+    while blocks % per_step:  # e.g. 11008 = 172 blocks of 64: 4 divides, 8 does not
         per_step //= 2
-    grid = (-(-m // block_m), -(-n // block_n))
+    while (blocks // per_step) % split:
+        split -= 1
+    if split > 1:  # float32 partial sums added atomically, then x's dtype
+        out = torch.zeros((m, n), dtype=torch.float32, device=x.device)
+    else:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    grid = (-(-m // block_m), -(-n // block_n), split)
     _nf4_matmul_kernel[grid](flat, weight.data.reshape(-1), absmax, code2, absmax2, out,
-                    offset, m, n, k, flat.stride(0), out.stride(0), NESTED=nested,
-                    QBLOCK=int(state.blocksize), QBLOCK2=qblock2,
-                    BLOCKS_PER_STEP=per_step, BLOCK_M=block_m, BLOCK_N=block_n, **cfg)
+                             offset, m, n, k, flat.stride(0), out.stride(0), NESTED=nested,
+                             QBLOCK=int(state.blocksize), QBLOCK2=qblock2,
+                             BLOCKS_PER_STEP=per_step, SPLIT_K=split,
+                             INTERLEAVE=bool(cfg.pop("INTERLEAVE", 1)),
+                             BLOCK_M=block_m, BLOCK_N=block_n, **cfg)
+    out = out.to(x.dtype)
     if bias is not None:
         out += bias.to(out.dtype)
     return out.view(*x.shape[:-1], n)

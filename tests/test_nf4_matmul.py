@@ -35,12 +35,18 @@ def run_interpreted(code: str, tmp_path: Path) -> str:
 
 def test_the_kernel_equals_bitsandbytes_dequantisation(tmp_path):
     """Both absmax layouts (double-quantised or not), rows and columns that do not fill a
-    tile, a bias, and two dtypes."""
+    tile, a bias, two dtypes, and the tile variants: K split over programs (float32 partial
+    sums), the nibbles joined back into K order or run as two dots."""
     out = run_interpreted("""
         import torch, bitsandbytes.functional as F
         from radproto.model import nf4_matmul
 
         torch.manual_seed(0)
+        CONFIGS = [None,  # tile_config's choice
+                   {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCKS_PER_STEP": 1, "SPLIT_K": 2,
+                    "INTERLEAVE": 0},
+                   {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCKS_PER_STEP": 2, "SPLIT_K": 3,
+                    "INTERLEAVE": 1}]
         checked = 0
         for nested in (True, False):
             for n, k, m in [(96, 128, 5), (200, 576, 40), (72, 320, 70)]:
@@ -55,18 +61,20 @@ def test_the_kernel_equals_bitsandbytes_dequantisation(tmp_path):
                 for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 2e-2)):
                     x = torch.randn(2, m, k).to(dtype)  # [batch, tokens, in]
                     want = x.float() @ dense.t() + bias
-                    got = nf4_matmul.nf4_linear(x, param, bias.to(dtype))
-                    assert got.shape == (2, m, n) and got.dtype == dtype
-                    err = (got.float() - want).abs().max().item()
-                    assert err <= tol * want.abs().max().item(), (nested, n, k, m, dtype, err)
-                    checked += 1
+                    for config in CONFIGS:
+                        got = nf4_matmul.nf4_linear(x, param, bias.to(dtype), config=config)
+                        assert got.shape == (2, m, n) and got.dtype == dtype
+                        err = (got.float() - want).abs().max().item()
+                        assert err <= tol * want.abs().max().item(), \
+                            (nested, n, k, m, dtype, config, err)
+                        checked += 1
                 # the 4-bit values matter: another weight gives another product
                 other = F.dequantize_4bit(*F.quantize_4bit(weight.flip(0), blocksize=64,
                                                            quant_type="nf4"))
                 assert (x.float() @ other.t() + bias - want).abs().max() > 0.1
         print("CHECKED", checked)
         """, tmp_path)
-    assert "CHECKED 12" in out
+    assert "CHECKED 36" in out
 
 
 def test_fused_nf4_scores_a_4bit_model_like_bitsandbytes_below_its_threshold(tmp_path):
