@@ -115,6 +115,9 @@ def main() -> None:
             row.update({"out": n, "in": k, "per_layer": count})
             results.append(row)
             print(json.dumps(row), flush=True)
+            if args.out:  # as it goes: a call cut short keeps what it measured
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / "nf4_rows.jsonl").open("a").write(json.dumps(row) + "\n")
     print()
     print("| out x in | tokens | bitsandbytes ms | fused (default tiles) ms | fused (best) ms "
           "| best tiles | dense bf16 ms | max abs diff |")
