@@ -167,7 +167,6 @@ from radproto.training.orderfile import read_orders
 model_dir, corpus = sys.argv[1], sys.argv[2]
 n_orders, n_single, options = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5].split(",")
 compile_kernels, fold_tokens = "compile" in options, 1024 if "fold" in options else 0
-nf4_tokens = 1024 if "nf4" in options else 0
 batch_tokens = int(sys.argv[6])
 if torch.cuda.is_available():
     torch.cuda.reset_peak_memory_stats()
@@ -182,8 +181,7 @@ if cuda:  # from here on: what serving holds (loading NF4 from bf16 shards peaks
     torch.cuda.reset_peak_memory_stats()
 clf.cuda_batch_tokens = batch_tokens
 prepare_s = clf.prepare_for_serving(compile_kernels=compile_kernels,  # as the service does
-                                    fold_lora_tokens=fold_tokens,
-                                    fused_nf4_tokens=nf4_tokens)
+                                    fold_lora_tokens=fold_tokens)
 rows = read_orders(corpus + "/validation.parquet")[:n_orders]
 clf.score_orders(rows[:64])  # warm-up
 sync()
@@ -218,7 +216,6 @@ times.sort()
 print("SERVE", json.dumps({
     "load_seconds": round(load_s, 1), "prepare_seconds": round(prepare_s, 1),
     "compile_kernels": compile_kernels, "fold_lora_tokens": fold_tokens,
-    "fused_nf4_tokens": nf4_tokens,
     "batch_tokens": batch_tokens, "orders": len(rows),
     "burst_orders_per_s": round(len(rows) / burst_s, 1),
     "head_orders_per_s": round(len(rows) / head_s, 1),
@@ -342,14 +339,12 @@ def render(results: list[dict[str, Any]]) -> str:
         for serve in data.get("serve", []):
             if "error" in serve:
                 rows.append([serve["model"], serve["error"][:200].replace("|", "/"), "", "", "",
-                             "", "", "", "", "", ""])
+                             "", "", "", "", ""])
                 continue
             rows.append([
                 serve["model"], serve.get("batch_tokens"),
                 "on" if serve["compile_kernels"] else "off",
                 f"from {serve['fold_lora_tokens']} tokens" if serve.get("fold_lora_tokens")
-                else "off",
-                f"below {serve['fused_nf4_tokens']} tokens" if serve.get("fused_nf4_tokens")
                 else "off",
                 f"{serve['load_seconds']} s + {serve['prepare_seconds']} s",
                 _n(serve["burst_orders_per_s"], 1), _n(serve.get("head_orders_per_s"), 1),
@@ -361,7 +356,7 @@ def render(results: list[dict[str, Any]]) -> str:
         if rows:
             parts.append(markdown_table(
                 ["served model", "batch tokens", "compiled kernels", "LoRA folded",
-                 "fused NF4 GEMM", "load + prepare_for_serving", "burst orders/s",
+                 "load + prepare_for_serving", "burst orders/s",
                  "decoder + head alone, orders/s", "single order p50 / p95",
                  "single (graph) vs batched", "peak memory"], rows))
     return "\n\n".join(parts)
@@ -405,8 +400,7 @@ def targets(results: list[dict[str, Any]]) -> str:
             single = min(served, key=lambda s: s["single_p50_ms"])
             rows.append([f"{card}: one order p50 <= 12 ms",
                          f"{single['single_p50_ms']} ms (compiled kernels "
-                         f"{'on' if single['compile_kernels'] else 'off'}, fused NF4 GEMM "
-                         f"{'on' if single.get('fused_nf4_tokens') else 'off'})", "",
+                         f"{'on' if single['compile_kernels'] else 'off'})", "",
                          "met" if single["single_p50_ms"] <= 12 else "missed"])
     return markdown_table(["target", "radproto", "peer", "status"], rows)
 
@@ -469,8 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", default="", help="a variant whose saved model to serve")
     p.add_argument("--serve-settings", default="32768,32768+compile",
                    help="batch tokens per serving run, +compile for compiled kernels, +fold for "
-                        "the LoRA delta folded into the dequantised weights, +nf4 for the "
-                        "fused NF4 GEMM below 1024 tokens")
+                        "the LoRA delta folded into the dequantised weights")
     p.add_argument("--serve-orders", type=int, default=512)
     p.add_argument("--serve-single", type=int, default=100)
     p.add_argument("--profile", action="store_true",

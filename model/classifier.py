@@ -48,7 +48,6 @@ from radproto.model.kernels import (
     cast_frozen_floats,
     compile_elementwise,
     fold_lora,
-    fused_nf4,
     lean_lora,
 )
 from radproto.model.lexical import LexicalModel, load_lexical
@@ -211,16 +210,13 @@ class ProtocolClassifier:
         return self._cuda_scorers["graphed"]
 
     def prepare_for_serving(self, *, compile_kernels: bool = False,
-                            fold_lora_tokens: int = 1024,
-                            fused_nf4_tokens: int = 1024) -> float:
+                            fold_lora_tokens: int = 1024) -> float:
         """On CUDA, pay the first order's costs now: optionally compile the elementwise
         kernels (RMSNorm, SwiGLU, RoPE), capture the single-order graph of every
         prompt-length bucket and run one batch. `fold_lora_tokens`: batches of at least this
         many tokens add the LoRA delta to the dequantised 4-bit weights (kernels.fold_lora;
-        0: off; +10% decoder throughput on an H200, bench/GPU_NOTES.md run 12); smaller
-        calls (a lone order's graph) run 4-bit layers through the fused NF4 GEMM
-        (kernels.fused_nf4; `fused_nf4_tokens` 0: off). Returns the seconds spent (0
-        elsewhere)."""
+        0: off; +10% decoder throughput on an H200, bench/GPU_NOTES.md run 12). Returns the
+        seconds spent (0 elsewhere)."""
         import time
 
         if not _on_cuda(self.model):
@@ -230,7 +226,6 @@ class ProtocolClassifier:
         if compile_kernels:
             compile_elementwise(self.model)
         fold_lora(self.model, fold_lora_tokens)
-        fused_nf4(self.model, fused_nf4_tokens)
         filler = self.tokenizer.eos_token_id
         with _eval_mode(self.model), mask_capable_attention(self.model):
             if self.cuda_graphs:

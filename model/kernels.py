@@ -7,8 +7,6 @@
   activations to the adapter's float32 and adds separately);
 - `fold_lora`: for large inference batches on a 4-bit base, the LoRA delta added to the
   weight bitsandbytes dequantises anyway (a fixed cost per call, not two GEMMs per token);
-- `fused_nf4`: for small inference calls on CUDA, 4-bit layers run nf4_matmul's Triton GEMM,
-  which reads the 4-bit weight once instead of dequantising it to memory first;
 - `cast_frozen_floats`: norms, embeddings and head kept in bf16 instead of the float32
   that prepare_model_for_kbit_training casts them to;
 - `compile_elementwise`: torch.compile'd RMSNorm, RoPE and SwiGLU (one fused kernel each).
@@ -21,8 +19,6 @@ import itertools
 import types
 from collections.abc import Callable
 from typing import Any
-
-from radproto.model import nf4_matmul
 
 VARLEN_ATTENTION = "radproto_varlen"
 
@@ -184,36 +180,6 @@ def fold_lora(model: Any, min_tokens: int) -> int:
         if hasattr(module, "_radproto_plain_forward") and \
                 _is_4bit(getattr(module, "base_layer", None)):
             module._radproto_fold_tokens = int(min_tokens)
-            count += 1
-    return count
-
-
-def _fused_nf4_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
-    import torch
-
-    tokens = x.numel() // x.shape[-1]
-    on_device = x.is_cuda or nf4_matmul.interpreted()
-    if (1 < tokens < self._radproto_nf4_tokens and on_device and not self.training
-            and not torch.is_grad_enabled() and x.dtype == self.compute_dtype):
-        return nf4_matmul.nf4_linear(x, self.weight, self.bias)
-    return type(self).forward(self, x, *args, **kwargs)
-
-
-def fused_nf4(model: Any, max_tokens: int) -> int:
-    """Run inference calls of 2 to `max_tokens - 1` tokens through the fused NF4 GEMM on
-    every bitsandbytes NF4 layer (0 turns it off; one token keeps bitsandbytes' own GEMV,
-    large calls its dequantise-then-cuBLAS). Returns how many layers."""
-    count = 0
-    for module in model.modules():
-        if not _is_4bit(module) or not hasattr(module, "compute_dtype"):
-            continue
-        if max_tokens <= 0 or not nf4_matmul.available():
-            module.__dict__.pop("forward", None)
-            module.__dict__.pop("_radproto_nf4_tokens", None)
-            continue
-        if nf4_matmul.supported(module.weight):
-            module._radproto_nf4_tokens = int(max_tokens)
-            module.forward = types.MethodType(_fused_nf4_forward, module)
             count += 1
     return count
 
