@@ -39,8 +39,9 @@ from bench.report import markdown_table, write_section
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT / ".benchdata" / "corpus"
 # variant name -> (packing, examples per micro-batch); the peers run bench/gpu_peers.py
-VARIANTS = {"padded_b16": ("off", 16), "packed_b16": ("on", 16), "packed_b24": ("on", 24),
-            "packed_b32": ("on", 32), "packed_b64": ("on", 64)}
+VARIANTS = {"padded_b16": ("off", 16), "packed_b16": ("on", 16), "packed_b20": ("on", 20),
+            "packed_b24": ("on", 24), "packed_b32": ("on", 32), "packed_b64": ("on", 64),
+            "packed_b72": ("on", 72)}
 PEERS = ("hf_padded", "trl_padding_free")
 SECTION = "gpu-command"
 

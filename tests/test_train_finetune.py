@@ -331,3 +331,42 @@ def test_the_default_preset_builds_the_shipped_models_adapter() -> None:
         assert getattr(preset, key) == shipped[key], key
     adapter = json.loads((shipped_model_dir() / "adapter_config.json").read_text())
     assert (adapter["r"], adapter["lora_alpha"]) == (preset.lora_r, preset.lora_alpha)
+
+
+def test_embeddings_looked_up_on_the_host_train_like_the_device_table() -> None:
+    """embeddings_on_host's lookup (rows gathered where the table lives, then moved to the
+    ids' device) gives the same loss and LoRA gradients through gradient checkpointing; on
+    CPU there is nothing to move, so the helper leaves the model alone."""
+    import types
+
+    from test_train_support import random_prompts, tiny_llama, with_lora
+
+    from radproto.model.head import new_head
+    from radproto.training import model_setup
+
+    catalog = small_catalog()
+    results = []
+    for on_host in (False, True):
+        model, tokenizer = tiny_llama()
+        model = with_lora(model)
+        model.get_base_model().gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        assert model_setup.embeddings_on_host(model) == 0.0  # not on CUDA: stays
+        if on_host:
+            embeddings = model.get_input_embeddings()
+            embeddings.forward = types.MethodType(model_setup._host_lookup_forward, embeddings)
+        head = new_head(model, tokenizer, catalog.names)
+        prompts = random_prompts(3, 4, vocab=len(tokenizer))
+        width = max(map(len, prompts))
+        ids = torch.tensor([p + [tokenizer.pad_token_id] * (width - len(p)) for p in prompts])
+        lengths = torch.tensor([len(p) for p in prompts])
+        loss, _ = model_setup.head_loss_module(model, head)(ids, torch.arange(4), lengths)
+        loss.backward()
+        grads = [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
+        assert grads and all(g.abs().sum() > 0 for g in grads)
+        results.append((loss.item(), grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a == pytest.approx(loss_b, abs=1e-6)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -69,6 +69,7 @@ def build_model(config: TrainConfig, model_config: Any, catalog: Catalog, device
     head = new_head(model, tokenizer, catalog.names)  # rows from the base's names
     if world == 1:  # DDP wants every parameter on one device type
         offload_output_embeddings(model)  # the head reads hidden states, not the vocabulary
+        embeddings_on_host(model)
     model = add_lora(model, model_config, top_layers=config.lora_layers,
                      prepare_kbit=False)  # prepared above, for this loop
     if config.start_from:
@@ -81,6 +82,33 @@ def build_model(config: TrainConfig, model_config: Any, catalog: Catalog, device
     if packing:
         attention = prepare_packed(model, resolve_dtype(model_config, device))
     return model, tokenizer, head, attention
+
+
+def _host_lookup_forward(self: Any, ids: Any) -> Any:
+    import torch.nn.functional as F
+
+    rows = F.embedding(ids.to(self.weight.device), self.weight, self.padding_idx)
+    return rows.to(ids.device)
+
+
+def embeddings_on_host(model: Any) -> float:
+    """Keep the untied token embeddings (frozen: LoRA leaves them) in host memory while
+    training on one GPU: each step looks its tokens' rows up there and copies only those
+    over (a few MB). Returns the GB freed on the GPU: 0.4 GB for a 7B-shaped model with a
+    49k vocabulary, room for more orders a step in the same memory (bench/GPU_NOTES.md
+    run 14). Tied embeddings (SmolLM2: 57 MB) and anything not on CUDA stay."""
+    import types
+
+    embeddings = model.get_input_embeddings()
+    weight = getattr(embeddings, "weight", None)
+    output = model.get_output_embeddings()
+    if weight is None or weight.device.type != "cuda" or (
+            output is not None and output.weight.data_ptr() == weight.data_ptr()):
+        return 0.0
+    size = weight.numel() * weight.element_size() / 1e9
+    embeddings.to("cpu")
+    embeddings.forward = types.MethodType(_host_lookup_forward, embeddings)
+    return size
 
 
 def start_from_trained(model: Any, tokenizer: Any, catalog: Catalog, config: TrainConfig,
