@@ -442,7 +442,11 @@ def report(paths: list[Path], write_docs: bool) -> None:
             "GPU (0.4 GB here: the head reads hidden states) and scoring passes no attention "
             "mask (right padding makes plain causal attention exact for the positions read). "
             "`decoder + head alone` times `head_log_probs` on the same burst: the rest of "
-            "`score_orders` is tokenising and building the suggestions on the host.")
+            "`score_orders` is tokenising and building the suggestions on the host. Since "
+            "stop 15 (the 10:41 run) training on one GPU also keeps the untied token "
+            "embeddings in host memory (0.4 GB: packed_b16 5.12 -> 4.74 GB, so 20 orders a "
+            "step fit within TRL's memory), and the burst is the better of two warm runs "
+            "(files before it: the first run).")
         dates = sorted(d.get("environment", {}).get("date", "") for d in results)
         write_section(SECTION,
                       "GPU: `radproto train`, its peers and the loaded classifier (7B, NF4)",
