@@ -174,6 +174,18 @@ def test_radproto_calibrate_fits_and_saves_the_blend(catalog, tmp_path, capsys):
     assert 0 <= metrics["cross_fit_ece"] < 0.2
     assert "Calibration fitted on this file itself (3-fold" in (report / "report.md").read_text()
 
+    # no training file beside the data and none named: the baseline is the model's own
+    # lexical half (the same fit on the model's training data), not a regenerated corpus
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "tune.jsonl").write_text(tune_file.read_text("utf-8"), "utf-8")
+    assert main(["eval", "--model", str(out), "--data", str(alone / "tune.jsonl"),
+                 "--out", str(tmp_path / "report2"), "--tracking-uri", ""]) == 0
+    metrics = json.loads((tmp_path / "report2" / "metrics.json").read_text("utf-8"))
+    assert "own TF-IDF half" in metrics["baseline_train"]
+    assert "baseline_n_train" not in metrics
+    assert metrics["baseline_top1"] == pytest.approx(fitted["lexical_top1"])
+
 
 def test_cross_fitting_judges_each_order_by_a_fit_on_the_other_folds():
     from radproto.training.calibrate import cross_fitted

@@ -108,9 +108,16 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
     log_probs, per_order, head_alone = score_with_timing(
         classifier, fields, batch_size=batch_size, progress=progress)
     train_file = Path(baseline_train) if baseline_train else sibling_train_file(data)
+    baseline = None
     if train_file is not None:
         train_rows = read_orders(train_file, require_label=True)
         baseline_source = str(train_file)
+    elif classifier.lexical is not None:
+        # a blended model carries the baseline's own fit on the model's training data:
+        # the like-for-like comparison, in a second
+        train_rows, baseline = [], classifier.lexical
+        baseline_source = ("the model's own TF-IDF half (the baseline's fit on the "
+                           "model's training data, stored with the model)")
     else:
         # e.g. the independent dev set: the baseline learns from the synthetic corpus the
         # default model was trained on (deterministic: regenerated in seconds)
@@ -130,6 +137,7 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
                                         cross_fit))
     return build_report(log_probs, labels, catalog, temperature=classifier.temperature,
                         out_dir=out_dir, rows=kept, baseline_train=train_rows,
+                        baseline=baseline,
                         title="Evaluation", seconds_per_order=float(np.mean(per_order)),
                         extra=extra, head_alone=head_alone)
 

@@ -106,6 +106,7 @@ def plot_confusion(labels: np.ndarray, predicted: np.ndarray, names: Sequence[st
 def build_report(log_probs: np.ndarray, labels: np.ndarray, catalog: Catalog, *,
                  temperature: float, out_dir: str | Path, rows: Sequence[Mapping[str, Any]],
                  baseline_train: Sequence[Mapping[str, Any]] | None = None,
+                 baseline: Any = None,
                  title: str = "Evaluation", seconds_per_order: float | None = None,
                  extra: Mapping[str, Any] | None = None,
                  head_alone: np.ndarray | None = None) -> dict[str, Any]:
@@ -113,7 +114,8 @@ def build_report(log_probs: np.ndarray, labels: np.ndarray, catalog: Catalog, *,
 
     `head_alone`: for a blended model, the protocol head's own log-probabilities, reported
     beside the blend and the baseline (the ablation; top-1 and top-3 do not depend on a
-    temperature, so none is fitted for it)."""
+    temperature, so none is fitted for it). The TF-IDF baseline is fitted on
+    `baseline_train`, or given ready as `baseline` (a blended model's own lexical half)."""
     from radproto.model.calibration import catalog_probabilities
 
     out_dir = Path(out_dir)
@@ -146,9 +148,11 @@ def build_report(log_probs: np.ndarray, labels: np.ndarray, catalog: Catalog, *,
         for key, values in groups.items():
             for group, row in group_accuracy(np.exp(head_alone), labels, values).items():
                 metrics[f"by_{key}"][group]["head_alone_top1"] = row["top1"]
-    if baseline_train:
+    if baseline_train or baseline is not None:
         started = time.perf_counter()
-        baseline = train_baseline(baseline_train, names)
+        if baseline is None:
+            baseline = train_baseline(baseline_train, names)
+            metrics["baseline_n_train"] = len(baseline_train)
         base_probs = baseline_probabilities(baseline, rows, len(names))
         base = classification_metrics(base_probs, labels, names)
         for key in ("top1", "top3", "macro_f1", "ece", "coverage_at_95"):
@@ -156,7 +160,6 @@ def build_report(log_probs: np.ndarray, labels: np.ndarray, catalog: Catalog, *,
         base_pred = base_probs.argmax(axis=1)
         metrics["baseline_semantic_similarity"] = semantic_similarity(
             [names[i] for i in base_pred], [names[i] for i in labels], names)
-        metrics["baseline_n_train"] = len(baseline_train)
         metrics["baseline_seconds"] = time.perf_counter() - started
         base_conf = base_probs[np.arange(len(labels)), base_pred]
         b_cov, b_acc, _ = accuracy_coverage_curve(base_conf, base_pred == labels)
@@ -224,10 +227,12 @@ def _markdown(m: Mapping[str, Any], title: str) -> str:
         lines.append(f"Scoring time: {m['ms_per_order']:.0f} ms per order"
                      + (f" (median per batch {m['median_ms_per_order']:.0f} ms)"
                         if "median_ms_per_order" in m else "") + ".")
-    if has_base:
+    if has_base and "baseline_n_train" in m:
         lines.append(f"Baseline trained on {m['baseline_n_train']} training orders "
                      + (f"of {m['baseline_train']} " if m.get("baseline_train") else "")
                      + f"({m['baseline_seconds']:.0f} s).")
+    elif has_base:
+        lines.append(f"Baseline: {m.get('baseline_train', 'given')}.")
     for key in GROUP_KEYS:
         table = m.get(f"by_{key}")
         if not table:
