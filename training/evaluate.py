@@ -119,8 +119,9 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
         baseline_source = ("the model's own TF-IDF half (the baseline's fit on the "
                            "model's training data, stored with the model)")
     else:
-        # e.g. the independent dev set: the baseline learns from the synthetic corpus the
-        # default model was trained on (deterministic: regenerated in seconds)
+        # a model without a lexical half on a file with no training split beside it (e.g.
+        # the dev set): the baseline learns from the default synthetic corpus (deterministic;
+        # regenerated, ~2.5 min on 2 cores)
         train_rows = default_corpus_train_rows(catalog)
         baseline_source = "the default synthetic corpus (train split, regenerated)"
     train_rows = [{**r, "label": catalog.resolve(r["label"])} for r in train_rows]
