@@ -1,0 +1,172 @@
+"""Probe: other 4-bit / 8-bit GEMM paths against bitsandbytes NF4 on one CUDA card.
+
+For the linear shapes of a Llama-2-7B layer and a range of token counts, times
+bitsandbytes' Linear4bit forward (dequantise to bf16, then cuBLAS) beside
+
+- torch's built-in tinygemm int4 kernel (`aten._weight_int4pack_mm`: weights pre-packed at
+  load into the tensor-core fragment order, asymmetric groups of 64 or 128), fed with the
+  NF4 weight re-quantised (what the service would load);
+- FP8 (e4m3) `torch._scaled_mm` with per-row weight and per-token activation scales: the
+  weight dequantised by bitsandbytes and cast each call (the burst path within 5 GB), and
+  pre-cast (resident fp8, an upper bound);
+- dense bf16 (13 GB resident: not an option within 5 GB, the floor).
+
+Each timing is one call's median inside a CUDA graph of 10 calls. Prints JSON rows and a
+per-forward summary (32 layers); `--out DIR` writes int4_probe.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+LLAMA_7B_LAYER = [(4096, 4096, 4), (11008, 4096, 2), (4096, 11008, 1)]
+TOKENS = [16, 96, 256, 1024, 8192]
+
+
+def _time_ms(fn: Any, calls: int = 10, reps: int = 10) -> float:
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    for _ in range(3):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
+def int4pack(dense: Any, group: int, inner_k_tiles: int) -> tuple[Any, Any]:
+    """tinygemm's packed weight and [K/group, N, 2] scales-and-zeros for a [N, K] weight:
+    w ~ (q - 8) * scale + zero, q in 0..15 (asymmetric, round to nearest)."""
+    import torch
+
+    n, k = dense.shape
+    w = dense.float().reshape(n, k // group, group)
+    lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+    scale = ((hi - lo) / 15).clamp(min=1e-8)
+    q = ((w - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+    zero = lo + 8 * scale
+    packed_u8 = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+    packed = torch.ops.aten._convert_weight_to_int4pack(packed_u8.contiguous(), inner_k_tiles)
+    sz = torch.cat([scale.reshape(n, k // group, 1), zero.reshape(n, k // group, 1)], 2)
+    return packed, sz.transpose(0, 1).contiguous().to(torch.bfloat16)
+
+
+def fp8_rows(t: Any) -> tuple[Any, Any]:
+    """Per-row e4m3 quantisation: (fp8 tensor, float32 scales [rows, 1])."""
+    import torch
+
+    amax = t.abs().amax(-1, keepdim=True).float().clamp(min=1e-6)
+    scale = amax / 448.0
+    return (t.float() / scale).to(torch.float8_e4m3fn), scale
+
+
+def _measure(layer: Any, dense: Any, m: int) -> dict[str, Any]:
+    import bitsandbytes as bnb
+    import torch
+
+    n, k = dense.shape
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    row: dict[str, Any] = {"tokens": m, "out": n, "in": k}
+    with torch.inference_mode():
+        ref = layer(x).float()
+        row["ref_abs_mean"] = float(ref.abs().mean())
+        row["bnb_ms"] = _time_ms(lambda: layer(x))
+        row["dense_bf16_ms"] = _time_ms(lambda: x @ dense.t())
+        for group, tiles in ((64, 8), (128, 8), (64, 4), (128, 2)):
+            try:
+                packed, sz = int4pack(dense, group, tiles)
+                out = torch.ops.aten._weight_int4pack_mm(x, packed, group, sz)
+                key = f"int4_g{group}_t{tiles}"
+                row[key + "_ms"] = _time_ms(
+                    lambda p=packed, s=sz, g=group: torch.ops.aten._weight_int4pack_mm(
+                        x, p, g, s))
+                err = float((out.float() - ref).abs().mean())
+                row[key + "_rel_err"] = err / row["ref_abs_mean"]
+            except Exception as exc:  # a probe records what failed
+                row[f"int4_g{group}_t{tiles}_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        try:
+            w8, ws = fp8_rows(dense)
+            wt, wst = w8.t(), ws.t().contiguous()
+
+            def fp8_resident() -> Any:
+                a8, a_s = fp8_rows(x)
+                return torch._scaled_mm(a8, wt, scale_a=a_s, scale_b=wst,
+                                        out_dtype=torch.bfloat16)
+
+            def fp8_from_nf4() -> Any:
+                w = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+                w8_, ws_ = fp8_rows(w)
+                a8, a_s = fp8_rows(x)
+                return torch._scaled_mm(a8, w8_.t(), scale_a=a_s, scale_b=ws_.t().contiguous(),
+                                        out_dtype=torch.bfloat16)
+
+            out = fp8_resident()
+            row["fp8_rel_err"] = float((out.float() - ref).abs().mean()) / row["ref_abs_mean"]
+            row["fp8_resident_ms"] = _time_ms(fp8_resident)
+            row["fp8_from_nf4_ms"] = _time_ms(fp8_from_nf4)
+        except Exception as exc:
+            row["fp8_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    return row
+
+
+def main() -> None:
+    import bitsandbytes as bnb
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="")
+    p.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    args = p.parse_args()
+    tokens = [int(t) for t in args.tokens.split(",")]
+    torch.manual_seed(0)
+    results: list[dict[str, Any]] = []
+    for n, k, count in LLAMA_7B_LAYER:
+        layer = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16,
+                                  quant_type="nf4", compress_statistics=True)
+        layer.weight = bnb.nn.Params4bit(torch.randn(n, k) * k ** -0.5, requires_grad=False,
+                                         quant_type="nf4", compress_statistics=True)
+        layer = layer.cuda().eval()
+        dense = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        dense = dense.to(torch.bfloat16)
+        for m in tokens:
+            row = _measure(layer, dense, m)
+            row["per_layer"] = count
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    keys = sorted({key for r in results for key in r if key.endswith("_ms")})
+    print()
+    for m in tokens:
+        rows = [r for r in results if r["tokens"] == m]
+        sums = {key: 32 * sum(r.get(key, float("nan")) * r["per_layer"] for r in rows)
+                for key in keys}
+        print(f"{m} tokens, one 32-layer forward's linear layers (ms): "
+              + ", ".join(f"{key[:-3]} {v:.2f}" for key, v in sums.items()))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        env = {"card": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "bitsandbytes": bnb.__version__}
+        (Path(args.out) / "int4_probe.json").write_text(
+            json.dumps({"environment": env, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
