@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -66,9 +67,22 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
+
+
+def percent(probability: float) -> str:
+    """A calibrated probability as the page shows it: whole percent, never a flat 100% or
+    0% (a rounded 0.996 is not certainty). static/worklist.js has the same rule."""
+    if probability >= 0.995:
+        return ">99%"
+    if probability < 0.005:
+        return "<1%"
+    return f"{math.floor(probability * 100 + 0.5)}%"  # half up, as JavaScript's Math.round
+
+
 _templates = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
                                 autoescape=jinja2.select_autoescape(["html"]),
                                 undefined=jinja2.StrictUndefined)
+_templates.filters["percent"] = percent
 
 
 # ---------------------------------------------------------------------------- the queue

@@ -9,6 +9,10 @@ bitsandbytes' Linear4bit forward (dequantise to bf16, then cuBLAS) beside
 - FP8 (e4m3) `torch._scaled_mm` with per-row weight and per-token activation scales: the
   weight dequantised by bitsandbytes and cast each call (the burst path within 5 GB), and
   pre-cast (resident fp8, an upper bound);
+- GemLite (Triton low-bit kernels, `pip install gemlite`, pure Python; shipped autotune
+  configs for the H100) with the same re-quantised weight: bf16 activations x int4 weights
+  (A16W4) and FP8 activations x int4 weights (A8W4, dynamic per-token scales), when the
+  package is importable (`--gemlite`);
 - dense bf16 (13 GB resident: not an option within 5 GB, the floor).
 
 Each timing is one call's median inside a CUDA graph of 10 calls. Prints JSON rows and a
@@ -70,6 +74,42 @@ def int4pack(dense: Any, group: int, inner_k_tiles: int) -> tuple[Any, Any]:
     return packed, sz.transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
+def uniform4(dense: Any, group: int) -> tuple[Any, Any, Any]:
+    """HQQ-format asymmetric 4-bit groups: W ~ (q - zero) * scale; q uint8 [N, K],
+    scale and zero [N, K / group]."""
+    import torch
+
+    n, k = dense.shape
+    w = dense.float().reshape(n, k // group, group)
+    lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+    scale = ((hi - lo) / 15).clamp(min=1e-8)
+    q = ((w - lo) / scale).round().clamp(0, 15).to(torch.uint8).reshape(n, k)
+    return q, scale.reshape(n, -1), (-lo / scale).reshape(n, -1)
+
+
+def gemlite_layers(dense: Any, group: int = 64) -> dict[str, Any]:
+    """GemLite linear layers for one weight (empty when gemlite is not importable)."""
+    import torch
+    try:
+        from gemlite.helper import A8Wn_HQQ_INT_dynamic, A16Wn
+    except Exception as exc:
+        print(f"gemlite not available: {type(exc).__name__}: {exc}", flush=True)
+        return {}
+    q, scale, zero = uniform4(dense, group)
+    out = {}
+    for key, make in (("gemlite_a16w4", lambda: A16Wn(device="cuda:0", dtype=torch.bfloat16)
+                       .from_weights(q, scale.to(torch.bfloat16), zero.to(torch.bfloat16),
+                                     W_nbits=4, group_size=group)),
+                      ("gemlite_a8w4", lambda: A8Wn_HQQ_INT_dynamic(
+                          device="cuda:0", dtype=torch.bfloat16, W_nbits=4)
+                       .from_weights(q, scale, zero.to(torch.bfloat16)))):
+        try:
+            out[key] = make()
+        except Exception as exc:
+            print(f"{key}: {type(exc).__name__}: {exc}"[:300], flush=True)
+    return out
+
+
 def fp8_rows(t: Any) -> tuple[Any, Any]:
     """Per-row e4m3 quantisation: (fp8 tensor, float32 scales [rows, 1])."""
     import torch
@@ -79,7 +119,8 @@ def fp8_rows(t: Any) -> tuple[Any, Any]:
     return (t.float() / scale).to(torch.float8_e4m3fn), scale
 
 
-def _measure(layer: Any, dense: Any, m: int) -> dict[str, Any]:
+def _measure(layer: Any, dense: Any, m: int, gemlite: dict[str, Any],
+             skip: set[str]) -> dict[str, Any]:
     import bitsandbytes as bnb
     import torch
 
@@ -91,7 +132,7 @@ def _measure(layer: Any, dense: Any, m: int) -> dict[str, Any]:
         row["ref_abs_mean"] = float(ref.abs().mean())
         row["bnb_ms"] = _time_ms(lambda: layer(x))
         row["dense_bf16_ms"] = _time_ms(lambda: x @ dense.t())
-        for group, tiles in ((64, 8), (128, 8), (64, 4), (128, 2)):
+        for group, tiles in ((64, 8), (128, 8), (64, 4), (128, 2)) if "int4" not in skip else ():
             try:
                 packed, sz = int4pack(dense, group, tiles)
                 out = torch.ops.aten._weight_int4pack_mm(x, packed, group, sz)
@@ -103,7 +144,17 @@ def _measure(layer: Any, dense: Any, m: int) -> dict[str, Any]:
                 row[key + "_rel_err"] = err / row["ref_abs_mean"]
             except Exception as exc:  # a probe records what failed
                 row[f"int4_g{group}_t{tiles}_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        for key, glayer in gemlite.items():
+            try:
+                out = glayer(x)
+                row[key + "_rel_err"] = (float((out.float() - ref).abs().mean())
+                                         / row["ref_abs_mean"])
+                row[key + "_ms"] = _time_ms(lambda g=glayer: g(x))
+            except Exception as exc:
+                row[key + "_error"] = f"{type(exc).__name__}: {exc}"[:200]
         try:
+            if "fp8" in skip:
+                return row
             w8, ws = fp8_rows(dense)
             wt, wst = w8.t(), ws.t().contiguous()
 
@@ -135,6 +186,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="")
     p.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    p.add_argument("--gemlite", action="store_true")
+    p.add_argument("--skip", default="", help="comma-separated keys not to time")
     args = p.parse_args()
     tokens = [int(t) for t in args.tokens.split(",")]
     torch.manual_seed(0)
@@ -147,8 +200,9 @@ def main() -> None:
         layer = layer.cuda().eval()
         dense = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
         dense = dense.to(torch.bfloat16)
+        glayers = gemlite_layers(dense) if args.gemlite else {}
         for m in tokens:
-            row = _measure(layer, dense, m)
+            row = _measure(layer, dense, m, glayers, set(args.skip.split(",")))
             row["per_layer"] = count
             results.append(row)
             print(json.dumps(row), flush=True)

@@ -43,9 +43,10 @@ async def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
 class Running:
     """The real service on free ports, its RIS (MLLP peer) and its EHR (Medplum)."""
 
-    def __init__(self, tmp_path: Path, fhir_base: str) -> None:
+    def __init__(self, tmp_path: Path, fhir_base: str, classifier=None) -> None:
         self.tmp_path = tmp_path
         self.fhir_base = fhir_base
+        self.classifier = classifier or KeywordClassifier()
         self.ris = Peer()
         self.service: Service | None = None
 
@@ -60,7 +61,7 @@ class Running:
             "writeback_port": self.ris.port, "writeback_backoff_initial_s": 0.2,
             "fhir": {"server_url": self.fhir_base, "sync_wait_s": 5},
             "security": {"api_keys_file": str(key_file)}})
-        self.service = Service(settings, classifier=KeywordClassifier())
+        self.service = Service(settings, classifier=self.classifier)
         await self.service.start()
         return self
 
@@ -376,3 +377,10 @@ async def test_an_abstention_is_marked_and_needs_a_chosen_protocol(running):
         chosen = await http.post("/worklist/verdict", json={
             "suggestion_id": stored.id, "outcome": "changed", "protocol": stored.protocol})
         assert chosen.status_code == 201 and chosen.json()["outcome"] == "changed"
+
+
+def test_probabilities_show_in_whole_percent_never_as_certainty():
+    from radproto.adapter.worklist import percent
+
+    assert [percent(p) for p in (0.999, 0.995, 0.994, 0.5, 0.126, 0.005, 0.0049, 0.0)] == [
+        ">99%", ">99%", "99%", "50%", "13%", "1%", "<1%", "<1%"]

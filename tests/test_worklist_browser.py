@@ -1,8 +1,9 @@
-"""The worklist in a real Chromium (Debian's /usr/bin/chromium, driven by Playwright): a
-radiologist signs in, sees an order that arrived over MLLP a moment earlier appear without a
-reload, accepts one suggestion and changes another with the keyboard alone; the RIS (a
-listening MLLP peer) gets the final protocol and the EHR (the Medplum FHIR server) the
-updated Task. Also: the integration role gets 403, a verdict without the CSRF token is
+"""The worklist in a real Chromium (Debian's /usr/bin/chromium, driven by Playwright),
+the service serving the shipped default model: a radiologist signs in, sees an order that
+arrived over MLLP a moment earlier appear without a reload with the model's suggestion and
+calibrated probability, accepts one suggestion and changes another with the keyboard alone;
+the RIS (a listening MLLP peer) gets the final protocol and the EHR (the Medplum FHIR
+server) the updated Task. Also: the integration role gets 403, a verdict without the CSRF token is
 refused, every view of clinical text is audited.
 
 `make test` installs chromium (apt) and playwright (requirements-dev.txt).
@@ -19,16 +20,34 @@ import httpx
 import pytest
 from test_worklist_api import (  # noqa: F401 (fixtures)
     KEYS,
+    Running,
     fhir_server,
     key,
-    running,
     wait_for,
 )
 
 from radproto.adapter.security import hash_api_key
+from radproto.adapter.worklist import percent
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "worklist.png"
+
+
+@pytest.fixture(scope="module")
+def shipped_model():
+    """The model radproto ships (model/default_model), loaded once: what a site serves
+    before it fine-tunes, and what the screenshot in the README shows."""
+    from radproto.model.sources import SHIPPED_MODEL, load_classifier
+
+    return load_classifier(SHIPPED_MODEL)
+
+
+@pytest.fixture
+async def running(tmp_path, fhir_server, shipped_model):  # noqa: F811
+    service = await Running(tmp_path, fhir_server.base + "/fhir",
+                            classifier=shipped_model).start()
+    yield service
+    await service.stop()
 
 
 @pytest.fixture
@@ -51,7 +70,7 @@ def task_at_ehr(fhir_base: str, message_id: str) -> dict:
     return entries[0]["resource"] if entries else {}
 
 
-async def test_radiologist_works_the_list_with_the_keyboard(running, browser, tmp_path):  # noqa: F811
+async def test_radiologist_works_the_list_with_the_keyboard(running, browser, tmp_path):
     # An order that came by FHIR (urgent), written to the EHR as a Task.
     async with httpx.AsyncClient(base_url=running.base) as http:
         sr = {"resourceType": "ServiceRequest", "id": "sr-b1", "status": "active",
@@ -89,11 +108,24 @@ async def test_radiologist_works_the_list_with_the_keyboard(running, browser, tm
     row = page.locator(f'tr[data-id="{hl7.id}"]')
     await row.wait_for(timeout=15000)
     assert await page.evaluate("window.__notReloaded === true")
-    assert "suspected appendicitis" in await row.inner_text()
+    text = await row.inner_text()
+    assert "suspected appendicitis" in text
+    # The shipped model's suggestion and its calibrated probability, as stored.
+    confidence = hl7.suggestion.confidence
+    assert hl7.protocol == "CT Abdomen Pelvis W Contrast" and confidence > 0.5
+    assert hl7.protocol in text and f"confidence {percent(confidence)}" in text
     assert await page.locator("tr.row").count() == 2
     # Urgent (FHIR) first; the page fits 1366 pixels without horizontal scrolling.
     ids = await page.locator("tr.row").evaluate_all("rows => rows.map(r => r.dataset.id)")
     assert ids == [fhir.id, hl7.id]
+    # The FHIR row was rendered by the server, the HL7 one by the page's script: the same
+    # cells, probabilities in whole percent.
+    fhir_text = await page.locator(f'tr[data-id="{fhir.id}"]').inner_text()
+    assert f"confidence {percent(fhir.suggestion.confidence)}" in fhir_text
+    for cells in (fhir_text, text):
+        assert "p = " not in cells and "1.00" not in cells
+    second = hl7.suggestion.scores[1]
+    assert f"{second.protocol} {percent(second.probability)}" in text
     assert await page.evaluate("document.documentElement.scrollWidth") <= 1366
     shot = tmp_path / "worklist.png"
     await page.screenshot(path=str(shot))

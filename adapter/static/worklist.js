@@ -49,6 +49,9 @@
     return div;
   }
 
+  // A calibrated probability in whole percent, never a flat 100% or 0% (worklist.percent).
+  const percent = (p) => (p >= 0.995 ? ">99%" : p < 0.005 ? "<1%" : Math.round(p * 100) + "%");
+
   function buildRow(it) { // the same cells as templates/worklist.html
     const tr = el("tr", "row" + (it.abstained ? " abstained" : ""));
     tr.dataset.id = it.id;
@@ -67,12 +70,12 @@
     const sugg = el("td", "c-sugg");
     if (it.abstained) sugg.append(el("div", "abstain-mark", "ABSTAINED: choose a protocol"));
     sugg.append(el("div", "protocol", it.protocol),
-      el("div", "prob", "p = " + it.probability.toFixed(2)));
+      el("div", "prob", "confidence " + percent(it.probability)));
     const top = el("td", "c-top");
     const ol = el("ol");
     it.top3.forEach((t) => {
       const li = el("li", "", t.protocol + " ");
-      li.append(el("span", "prob", t.probability.toFixed(2)));
+      li.append(el("span", "prob", percent(t.probability)));
       ol.append(li);
     });
     top.append(ol);
