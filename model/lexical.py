@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,17 @@ def lexical_text(fields: Mapping[str, Any]) -> str:
     return " | ".join(str(fields.get(k) or "") for k in LEXICAL_FIELDS)
 
 
+def rows_fingerprint(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """{"rows": n, "sha256": ...} of labelled order rows as the lexical model reads them
+    (text and label, in order): the same rows give the same fingerprint."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(f"{lexical_text(row)}\t{row.get('label', '')}\n".encode())
+    return {"rows": len(rows), "sha256": digest.hexdigest()}
+
+
 @dataclass(frozen=True)
 class LexicalModel:
     """TF-IDF features and one logistic-regression row per protocol, keyed by name."""
@@ -48,6 +59,9 @@ class LexicalModel:
     char_idf: np.ndarray  # [n_chars]
     coef: np.ndarray  # [n_protocols, n_words + n_chars]
     intercept: np.ndarray  # [n_protocols]
+    # what it was fitted on: {"rows": n, "sha256": hex of the (text, label) rows in order},
+    # so that a model card's recipe can be checked against the stored fit ({} if unknown)
+    fitted_on: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         width = len(self.word_vocabulary) + len(self.char_vocabulary)
@@ -104,7 +118,8 @@ class LexicalModel:
                 coef[row] = self.coef[index[name]]
                 intercept[row] = self.intercept[index[name]]
         return LexicalModel(tuple(names), self.word_vocabulary, self.word_idf,
-                            self.char_vocabulary, self.char_idf, coef, intercept)
+                            self.char_vocabulary, self.char_idf, coef, intercept,
+                            self.fitted_on)
 
     def save(self, directory: Path) -> None:
         from safetensors.numpy import save_file
@@ -117,7 +132,8 @@ class LexicalModel:
                   str(directory / LEXICAL_WEIGHTS))
         (directory / LEXICAL_VOCABULARY).write_text(json.dumps(
             {"names": list(self.names), "words": self.word_vocabulary,
-             "chars": self.char_vocabulary}, ensure_ascii=False), "utf-8")
+             "chars": self.char_vocabulary, "fitted_on": self.fitted_on},
+            ensure_ascii=False), "utf-8")
 
 
 def load_lexical(directory: Path) -> LexicalModel | None:
@@ -132,7 +148,7 @@ def load_lexical(directory: Path) -> LexicalModel | None:
         words = json.loads(vocabulary.read_text("utf-8"))
         return LexicalModel(tuple(words["names"]), words["words"], arrays["word_idf"],
                             words["chars"], arrays["char_idf"], arrays["coef"],
-                            arrays["intercept"])
+                            arrays["intercept"], words.get("fitted_on") or {})
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{directory}: cannot read the lexical model: {exc}") from exc
 

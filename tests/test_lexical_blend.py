@@ -18,7 +18,7 @@ from radproto.cli import main
 from radproto.model.calibration import blend_log_probs, fit_blend
 from radproto.model.catalog import Catalog, Protocol, default_catalog
 from radproto.model.classifier import MODEL_FILE, ModelConfig, ProtocolClassifier
-from radproto.model.lexical import LEXICAL_WEIGHTS, load_lexical
+from radproto.model.lexical import LEXICAL_WEIGHTS, load_lexical, rows_fingerprint
 from radproto.training.lexical import fit_lexical
 
 # Four protocols, each with its own vocabulary, in several phrasings.
@@ -75,6 +75,19 @@ def test_lexical_model_round_trips_without_pickle(lexical, tmp_path):
     assert np.abs(np.exp(loaded.log_probs(probe)) - np.exp(lexical.log_probs(probe))).max() \
         < 5e-3
     assert load_lexical(tmp_path / "nowhere") is None
+    # what it was fitted on travels with it: a card's recipe can be checked against it
+    assert loaded.fitted_on == lexical.fitted_on == rows_fingerprint(rows())
+    assert lexical.fitted_on["rows"] == len(rows())
+
+
+def test_the_fingerprint_names_the_rows_exactly():
+    data = rows()
+    assert rows_fingerprint(data) == rows_fingerprint([dict(r) for r in data])
+    assert rows_fingerprint(data) != rows_fingerprint(data + data[:1])  # one repeat more
+    relabelled = [{**data[0], "label": "CT Renal Stone Protocol"}, *data[1:]]
+    assert rows_fingerprint(relabelled) != rows_fingerprint(data)
+    reordered = [data[1], data[0], *data[2:]]
+    assert rows_fingerprint(reordered) != rows_fingerprint(data)
 
 
 def test_lexical_model_re_keys_to_a_site_catalog(lexical):
@@ -153,11 +166,13 @@ def test_radproto_calibrate_fits_and_saves_the_blend(catalog, tmp_path, capsys):
     assert fitted["head_top1"] < 0.5
     assert fitted["lexical_weight"] > 0
     assert fitted["lexical_top1"] > 0.9 and fitted["top1"] > 0.9
+    assert fitted["lexical_fitted_on"] == rows_fingerprint(train)
     assert (out / LEXICAL_WEIGHTS).is_file()
     record = json.loads((out / MODEL_FILE).read_text("utf-8"))
     assert record["lexical_weight"] == fitted["lexical_weight"]
     loaded = ProtocolClassifier.load(out)
     assert loaded.lexical is not None
+    assert loaded.lexical.fitted_on == rows_fingerprint(train)
     assert loaded.temperature == pytest.approx(fitted["temperature"])
     suggestion = loaded.score_orders([{"history": "flank pain haematuria colic"}])[0]
     assert suggestion.protocol == "CT Renal Stone Protocol"

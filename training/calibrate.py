@@ -48,6 +48,7 @@ class Calibration:
     head_top1: float
     lexical_top1: float | None
     top1: float
+    lexical_fitted_on: dict[str, Any] | None = None  # rows and sha256 of its training rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +92,8 @@ def calibrate(classifier: Any, fields: Sequence[Mapping[str, Any]], labels: np.n
         lexical_weight=weight, temperature=temperature, abstain_threshold=threshold,
         abstain_accuracy=abstain_accuracy,
         head_top1=float((head.argmax(axis=1) == labels).mean()), lexical_top1=lexical_top1,
-        top1=float((probs.argmax(axis=1) == labels).mean()))
+        top1=float((probs.argmax(axis=1) == labels).mean()),
+        lexical_fitted_on=lexical.fitted_on if lexical is not None else None)
 
 
 def _blended(head: np.ndarray, lexical: np.ndarray | None, weight: float) -> np.ndarray:

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 
 from radproto.model.errors import ModelError
-from radproto.model.lexical import CHAR_FEATURES, WORD_FEATURES, LexicalModel, lexical_text
+from radproto.model.lexical import (
+    CHAR_FEATURES,
+    WORD_FEATURES,
+    LexicalModel,
+    lexical_text,
+    rows_fingerprint,
+)
 
 _C = 10.0  # weak regularisation: the corpus is large and the n-grams are many
 _SMALL = 1000
@@ -52,4 +58,4 @@ def fit_lexical(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Lexi
         word_idf=words.idf_.astype(np.float32),
         char_vocabulary={k: int(v) for k, v in chars.vocabulary_.items()},
         char_idf=chars.idf_.astype(np.float32),
-        coef=coef, intercept=intercept)
+        coef=coef, intercept=intercept, fitted_on=rows_fingerprint(kept))
