@@ -1,7 +1,8 @@
 """The worklist in a real Chromium (Debian's /usr/bin/chromium, driven by Playwright),
 the service serving the shipped default model: a radiologist signs in, sees an order that
 arrived over MLLP a moment earlier appear without a reload with the model's suggestion and
-calibrated probability, accepts one suggestion and changes another with the keyboard alone;
+calibrated probability, accepts one suggestion and changes another with the keyboard alone
+(the type-ahead, and the quick picks 1-3 over the top 3);
 the RIS (a listening MLLP peer) gets the final protocol and the EHR (the Medplum FHIR
 server) the updated Task. Also: the integration role gets 403, a verdict without the CSRF token is
 refused, every view of clinical text is audited.
@@ -154,21 +155,47 @@ async def test_radiologist_works_the_list_with_the_keyboard(running, browser, tm
     await page.keyboard.press("Enter")
     await page.locator(f'tr[data-id="{fhir.id}"]').wait_for(state="detached", timeout=15000)
     assert await page.locator("#empty").is_visible()
+
+    # Quick picks: 2 takes the second of the top 3 (a change), 1 the suggestion (an accept).
+    await running.send_hl7("b3", "ACC-B3", "CT HEAD", reason="fall on warfarin, head strike")
+    await running.send_hl7("b4", "ACC-B4", "US ABDOMEN",
+                           reason="RUQ pain after fatty meals, Murphy sign positive")
+    head = await running.wait_suggested("ACC-B3")
+    ruq = await running.wait_suggested("ACC-B4")
+    for stored in (head, ruq):
+        await page.locator(f'tr[data-id="{stored.id}"]').wait_for(timeout=15000)
+    newest = page.locator(f'tr[data-id="{ruq.id}"]')  # newest first within a priority
+    assert await newest.get_attribute("class") == "row selected"
+    await page.keyboard.press("2")
+    await newest.wait_for(state="detached", timeout=15000)
+    other = page.locator(f'tr[data-id="{head.id}"]')
+    assert await other.get_attribute("class") == "row selected"
+    await page.keyboard.press("1")
+    await other.wait_for(state="detached", timeout=15000)
     await context.close()
 
     verdicts = {r.suggestion_id: r for r in running.store.feedback_rows()}
     assert verdicts[hl7.id].outcome == "accepted" and verdicts[hl7.id].protocol == hl7.protocol
     assert verdicts[fhir.id].outcome == "changed"
     assert verdicts[fhir.id].protocol == "MRI Lumbar Spine WO Contrast"
+    assert verdicts[ruq.id].outcome == "changed"
+    assert verdicts[ruq.id].protocol == ruq.suggestion.scores[1].protocol != ruq.protocol
+    assert verdicts[head.id].outcome == "accepted" and verdicts[head.id].protocol == head.protocol
 
     # The RIS gets the final protocol: an ORM^O01 (the order was v2.3.1), OBR-4.4-6.
     [message] = await wait_for(
-        lambda: [m for m in running.ris.received if "RP-VERDICT" in m], what="the RIS verdict")
+        lambda: [m for m in running.ris.received if "RP-VERDICT" in m and "ACC-B2" in m],
+        what="the RIS verdict")
     segments = {s.split("|")[0]: s.split("|") for s in message.split("\r")}
     assert segments["MSH"][8].startswith("ORM^O01") and segments["ORC"][1] == "SC"
     assert segments["OBR"][4].split("^")[4] == hl7.protocol
     verdict_obx = next(s for s in message.split("\r") if "RP-VERDICT" in s)
     assert verdict_obx.split("|")[5] == "accepted"
+    # The quick pick's change reaches the RIS too.
+    [picked] = await wait_for(
+        lambda: [m for m in running.ris.received if "RP-VERDICT" in m and "ACC-B4" in m],
+        what="the quick pick's RIS verdict")
+    assert ruq.suggestion.scores[1].protocol in picked
 
     # The EHR's Task shows the change.
     def changed_task() -> dict | None:

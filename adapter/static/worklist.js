@@ -229,6 +229,13 @@
         if (it.abstained) { say("The model abstained: press c to choose the protocol"); break; }
         verdict(selectedId, "accepted", it.protocol, "");
         break;
+      case "1": case "2": case "3": {
+        // one of the top 3 (the suggestion itself counts as accepted, server-side)
+        const pick = it && it.top3[Number(e.key) - 1];
+        if (!pick) return;
+        verdict(selectedId, "changed", pick.protocol, "");
+        break;
+      }
       case "c": open("change"); break;
       case "r": open("reject"); break;
       case "Escape": say(""); break;
