@@ -153,7 +153,26 @@ def _dequantized_4bit(layer: Any) -> Any:
     """The weight of a bitsandbytes 4-bit layer, dequantised."""
     import bitsandbytes.functional as bnbf
 
-    return bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    state = layer.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):
+        return _dequantized_cpu_packed(layer.weight.data, state)
+    return bnbf.dequantize_4bit(layer.weight.data, state)
+
+
+def _dequantized_cpu_packed(packed: Any, state: Any, block_n: int = 32) -> Any:
+    """On a CPU with AVX-512 BF16, bitsandbytes repacks a 4-bit weight in place at its first
+    inference forward (for its own kernels: [N, K/2] bytes in blocks of 32 rows, absmax as
+    [K / blocksize, N] bfloat16), and dequantize_4bit no longer reads it. The same layout
+    undone here (the inverse bitsandbytes ships re-quantises absmax and changes the layer)."""
+    import torch
+
+    n, k = packed.shape[0], packed.shape[1] * 2
+    pairs = packed.reshape(-1, block_n)
+    codes = torch.cat([pairs & 0xF, pairs >> 4], dim=-1)  # the low nibbles, then the high
+    codes = codes.reshape(n // block_n, k // 2, block_n, 2).transpose(1, 2).reshape(n, k)
+    values = state.code.to(packed.device)[codes.long()]
+    absmax = state.absmax.float().T.reshape(n, k // state.blocksize, 1)
+    return (values.reshape(n, k // state.blocksize, state.blocksize) * absmax).reshape(n, k)
 
 
 def _folded_forward(self: Any, x: Any) -> Any:

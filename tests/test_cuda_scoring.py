@@ -95,6 +95,29 @@ def test_batched_scorer_reads_the_last_real_token_not_the_padding():
     np.testing.assert_allclose(alone[0], reference, rtol=0, atol=1e-5)
 
 
+def test_a_4bit_weight_dequantises_after_bitsandbytes_repacks_it_for_the_cpu():
+    """On a CPU with AVX-512 BF16, bitsandbytes repacks a 4-bit weight in place at its first
+    inference forward; the folded path must still read the weight it holds. The repacking is
+    plain torch, so it is applied here directly and the test runs on any CPU."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu, dequantize_4bit
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(128, 64, bias=False, compute_dtype=torch.float32,
+                              quant_type="nf4", compress_statistics=True)
+    layer.weight = bnb.nn.Params4bit(torch.randn(64, 128) * 0.05, requires_grad=False,
+                                     quant_type="nf4", compress_statistics=True)
+    layer.weight = layer.weight.to(torch.device("cpu"))  # quantises
+    state = layer.weight.quant_state
+    reference = dequantize_4bit(layer.weight.data, state).float()
+    layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu(
+        layer.weight.data, state)
+    unpacked = kernels._dequantized_4bit(layer).float()
+    assert unpacked.shape == (64, 128)
+    # absmax is held in bfloat16 once repacked: agreement to its rounding
+    torch.testing.assert_close(unpacked, reference, rtol=1e-2, atol=1e-4)
+
+
 def test_folded_lora_on_a_4bit_base_equals_the_lean_path(tmp_path, monkeypatch):
     """fold_lora adds the LoRA delta to the dequantised NF4 weight for large inference calls:
     the same log-probabilities as two skinny LoRA GEMMs, only above its token threshold and
