@@ -226,7 +226,10 @@
       case "k": case "ArrowUp": select(selectedIndex() - 1); break;
       case "a":
         if (!it) return;
-        if (it.abstained) { say("The model abstained: press c to choose the protocol"); break; }
+        if (it.abstained) {
+          say("The model abstained: 1-3 takes one of its top 3, c chooses another protocol");
+          break;
+        }
         verdict(selectedId, "accepted", it.protocol, "");
         break;
       case "1": case "2": case "3": {
