@@ -212,3 +212,45 @@ async def test_radiologist_works_the_list_with_the_keyboard(running, browser, tm
     reads = running.store.audit_rows(actor=actor, action="read", entity_type="Order")
     assert {fhir.order_id, hl7.order_id} <= {r.entity_id for r in reads}
     assert {r.detail["view"] for r in reads} == {"worklist"}
+
+
+class Abstaining:
+    """The shipped model below its confidence threshold on every order."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def score_orders(self, orders):
+        return [s.model_copy(update={"abstained": True, "abstain_reason": "below threshold"})
+                for s in self.model.score_orders(orders)]
+
+
+async def test_an_abstained_order_is_decided_with_a_quick_pick(running, browser):
+    running.service.context.worker.pipeline.classifier = Abstaining(
+        running.service.context.worker.pipeline.classifier)
+    await running.send_hl7("c1", "ACC-C1", "CT CHEST", reason="pleuritic chest pain, D-dimer 2.1")
+    stored = await running.wait_suggested("ACC-C1")
+    assert stored.suggestion.abstained
+
+    context = await browser.new_context(viewport={"width": 1366, "height": 768})
+    page = await context.new_page()
+    await page.goto(running.base + "/worklist/login")
+    await page.fill("#api_key", KEYS["radiologist"])
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(running.base + "/worklist")
+    row = page.locator(f'tr[data-id="{stored.id}"]')
+    await row.wait_for(timeout=15000)
+    assert "ABSTAINED" in await row.inner_text()
+    # a cannot accept what the model did not suggest; the page says what to do instead
+    await page.keyboard.press("a")
+    assert "1-3 takes one of its top 3" in await page.locator("#status").inner_text()
+    assert running.store.feedback_rows() == []
+    # 1 takes the model's first choice: recorded as the radiologist's choice (changed)
+    await page.keyboard.press("1")
+    await row.wait_for(state="detached", timeout=15000)
+    await context.close()
+    [verdict] = running.store.feedback_rows()
+    assert verdict.outcome == "changed" and verdict.protocol == stored.protocol
