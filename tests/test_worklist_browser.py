@@ -2,10 +2,11 @@
 the service serving the shipped default model: a radiologist signs in, sees an order that
 arrived over MLLP a moment earlier appear without a reload with the model's suggestion and
 calibrated probability, accepts one suggestion and changes another with the keyboard alone
-(the type-ahead, and the quick picks 1-3 over the top 3);
-the RIS (a listening MLLP peer) gets the final protocol and the EHR (the Medplum FHIR
-server) the updated Task. Also: the integration role gets 403, a verdict without the CSRF token is
-refused, every view of clinical text is audited.
+(the type-ahead, and the quick picks 1-3 over the top 3); the RIS (a listening MLLP peer)
+gets the final protocol and the EHR (the Medplum FHIR server) the updated Task. An order
+the model abstained on cannot be accepted and takes a quick pick as the radiologist's
+choice. Also: the integration role gets 403, a verdict without the CSRF token is refused,
+every view of clinical text is audited.
 
 `make test` installs chromium (apt) and playwright (requirements-dev.txt).
 RADPROTO_UPDATE_SCREENSHOT=1 also writes the 1366x768 screenshot to docs/worklist.png.
