@@ -370,3 +370,40 @@ def test_embeddings_looked_up_on_the_host_train_like_the_device_table() -> None:
     assert loss_a == pytest.approx(loss_b, abs=1e-6)
     for a, b in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_validation_pass_leaves_4bit_training_gradients_alone(tmp_path: Path) -> None:
+    """On a CPU with AVX-512 BF16, bitsandbytes repacks 4-bit weights for its inference kernel
+    at the first forward in eval mode without gradients (a validation pass), and that kernel
+    has no backward. keep_4bit_layout (build_model calls it) stops the repacking, so the
+    LoRA gradients after a validation pass are those of a model that never validated."""
+    from test_train_support import with_lora
+
+    from radproto.model.loading import ModelConfig, load_base_model
+    from radproto.training.model_setup import keep_4bit_layout
+
+    base = write_tiny_base(tmp_path / "base")
+
+    def lora_grads(validate_first: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model, _ = load_base_model(ModelConfig(base_model=str(base), quantization="nf4",
+                                               compute_dtype="float32"), "cpu")
+        assert keep_4bit_layout(model) > 0
+        model = with_lora(model)
+        ids = torch.randint(3, 200, (2, 12))
+        if validate_first:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids)
+            states = [m.weight.quant_state for m in model.modules()
+                      if getattr(getattr(m, "weight", None), "quant_state", None) is not None]
+            assert states and not any(getattr(s, "packing_format_for_cpu", False)
+                                      for s in states)
+        model.train()
+        model(input_ids=ids).logits.float().pow(2).mean().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    fresh, validated = lora_grads(False), lora_grads(True)
+    assert fresh.keys() == validated.keys() and fresh
+    for name, grad in fresh.items():
+        torch.testing.assert_close(validated[name], grad)

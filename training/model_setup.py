@@ -59,6 +59,7 @@ def build_model(config: TrainConfig, model_config: Any, catalog: Catalog, device
 
     model, tokenizer = load_base_model(model_config, device,
                                        cache_dir=default_cache_dir(config))
+    keep_4bit_layout(model)
     if getattr(model, "is_loaded_in_4bit", False) and not packing:
         from peft import prepare_model_for_kbit_training
 
@@ -82,6 +83,19 @@ def build_model(config: TrainConfig, model_config: Any, catalog: Catalog, device
     if packing:
         attention = prepare_packed(model, resolve_dtype(model_config, device))
     return model, tokenizer, head, attention
+
+
+def keep_4bit_layout(model: Any) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for its AVX-512 BF16 CPU kernels while the
+    model trains. It repacks at the first forward in eval mode without gradients (every
+    validation pass), and its packed kernel has no backward: later training steps would
+    get wrong gradients through every frozen 4-bit layer. Returns how many layers."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
 
 
 def _host_lookup_forward(self: Any, ids: Any) -> Any:
