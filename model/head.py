@@ -83,14 +83,19 @@ def offload_output_embeddings(model: Any) -> float:
     because a new protocol's head row starts from it (`name_rows`). A projection tied to the
     input embeddings (SmolLM2) stays where it is."""
     output = model.get_output_embeddings()
-    embeddings = model.get_input_embeddings()
-    if output is None or output.weight.device.type != "cuda" or (
-            embeddings is not None
-            and output.weight.data_ptr() == embeddings.weight.data_ptr()):
+    if output is None or output.weight.device.type != "cuda" or embeddings_tied(model):
         return 0.0
     size = output.weight.numel() * output.weight.element_size() / 1e9
     output.to("cpu")
     return size
+
+
+def embeddings_tied(model: Any) -> bool:
+    """Whether the vocabulary projection is the input embedding table itself (SmolLM2): then
+    neither may move without the other."""
+    output, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    return (output is not None and embeddings is not None
+            and output.weight.data_ptr() == embeddings.weight.data_ptr())
 
 
 def head_for_catalog(head: Any, names: Sequence[str], model: Any, tokenizer: Any

@@ -113,11 +113,11 @@ def embeddings_on_host(model: Any) -> float:
     run 14). Tied embeddings (SmolLM2: 57 MB) and anything not on CUDA stay."""
     import types
 
+    from radproto.model.head import embeddings_tied
+
     embeddings = model.get_input_embeddings()
     weight = getattr(embeddings, "weight", None)
-    output = model.get_output_embeddings()
-    if weight is None or weight.device.type != "cuda" or (
-            output is not None and output.weight.data_ptr() == weight.data_ptr()):
+    if weight is None or weight.device.type != "cuda" or embeddings_tied(model):
         return 0.0
     size = weight.numel() * weight.element_size() / 1e9
     embeddings.to("cpu")
