@@ -57,26 +57,9 @@ def _time_ms(fn: Any, calls: int = 10, reps: int = 10) -> float:
     return statistics.median(times)
 
 
-def int4pack(dense: Any, group: int, inner_k_tiles: int) -> tuple[Any, Any]:
-    """tinygemm's packed weight and [K/group, N, 2] scales-and-zeros for a [N, K] weight:
-    w ~ (q - 8) * scale + zero, q in 0..15 (asymmetric, round to nearest)."""
-    import torch
-
-    n, k = dense.shape
-    w = dense.float().reshape(n, k // group, group)
-    lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-    scale = ((hi - lo) / 15).clamp(min=1e-8)
-    q = ((w - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
-    zero = lo + 8 * scale
-    packed_u8 = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
-    packed = torch.ops.aten._convert_weight_to_int4pack(packed_u8.contiguous(), inner_k_tiles)
-    sz = torch.cat([scale.reshape(n, k // group, 1), zero.reshape(n, k // group, 1)], 2)
-    return packed, sz.transpose(0, 1).contiguous().to(torch.bfloat16)
-
-
 def uniform4(dense: Any, group: int) -> tuple[Any, Any, Any]:
-    """HQQ-format asymmetric 4-bit groups: W ~ (q - zero) * scale; q uint8 [N, K],
-    scale and zero [N, K / group]."""
+    """HQQ-format asymmetric 4-bit groups (round to nearest): W ~ (q - zero) * scale; q uint8
+    [N, K], scale and zero [N, K / group]."""
     import torch
 
     n, k = dense.shape
@@ -85,6 +68,19 @@ def uniform4(dense: Any, group: int) -> tuple[Any, Any, Any]:
     scale = ((hi - lo) / 15).clamp(min=1e-8)
     q = ((w - lo) / scale).round().clamp(0, 15).to(torch.uint8).reshape(n, k)
     return q, scale.reshape(n, -1), (-lo / scale).reshape(n, -1)
+
+
+def int4pack(dense: Any, group: int, inner_k_tiles: int) -> tuple[Any, Any]:
+    """tinygemm's packed weight and [K/group, N, 2] scales-and-zeros for the same groups as
+    uniform4, in its convention: W ~ (q - 8) * scale + zero."""
+    import torch
+
+    q, scale, hqq_zero = uniform4(dense, group)
+    zero = (8 - hqq_zero) * scale
+    packed_u8 = q[:, ::2] << 4 | q[:, 1::2]
+    packed = torch.ops.aten._convert_weight_to_int4pack(packed_u8.contiguous(), inner_k_tiles)
+    sz = torch.stack([scale, zero], dim=2)  # [N, K / group, 2]
+    return packed, sz.transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
 def gemlite_layers(dense: Any, group: int = 64) -> dict[str, Any]:
@@ -130,6 +126,10 @@ def _measure(layer: Any, dense: Any, m: int, gemlite: dict[str, Any],
     with torch.inference_mode():
         ref = layer(x).float()
         row["ref_abs_mean"] = float(ref.abs().mean())
+
+        def rel_err(out: Any) -> float:  # mean |difference| over the mean |output|
+            return float((out.float() - ref).abs().mean()) / row["ref_abs_mean"]
+
         row["bnb_ms"] = _time_ms(lambda: layer(x))
         row["dense_bf16_ms"] = _time_ms(lambda: x @ dense.t())
         for group, tiles in ((64, 8), (128, 8), (64, 4), (128, 2)) if "int4" not in skip else ():
@@ -140,21 +140,18 @@ def _measure(layer: Any, dense: Any, m: int, gemlite: dict[str, Any],
                 row[key + "_ms"] = _time_ms(
                     lambda p=packed, s=sz, g=group: torch.ops.aten._weight_int4pack_mm(
                         x, p, g, s))
-                err = float((out.float() - ref).abs().mean())
-                row[key + "_rel_err"] = err / row["ref_abs_mean"]
+                row[key + "_rel_err"] = rel_err(out)
             except Exception as exc:  # a probe records what failed
                 row[f"int4_g{group}_t{tiles}_error"] = f"{type(exc).__name__}: {exc}"[:200]
         for key, glayer in gemlite.items():
             try:
-                out = glayer(x)
-                row[key + "_rel_err"] = (float((out.float() - ref).abs().mean())
-                                         / row["ref_abs_mean"])
+                row[key + "_rel_err"] = rel_err(glayer(x))
                 row[key + "_ms"] = _time_ms(lambda g=glayer: g(x))
             except Exception as exc:
                 row[key + "_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        if "fp8" in skip:
+            return row
         try:
-            if "fp8" in skip:
-                return row
             w8, ws = fp8_rows(dense)
             wt, wst = w8.t(), ws.t().contiguous()
 
@@ -170,8 +167,7 @@ def _measure(layer: Any, dense: Any, m: int, gemlite: dict[str, Any],
                 return torch._scaled_mm(a8, w8_.t(), scale_a=a_s, scale_b=ws_.t().contiguous(),
                                         out_dtype=torch.bfloat16)
 
-            out = fp8_resident()
-            row["fp8_rel_err"] = float((out.float() - ref).abs().mean()) / row["ref_abs_mean"]
+            row["fp8_rel_err"] = rel_err(fp8_resident())
             row["fp8_resident_ms"] = _time_ms(fp8_resident)
             row["fp8_from_nf4_ms"] = _time_ms(fp8_from_nf4)
         except Exception as exc:
