@@ -66,6 +66,19 @@ async def browser():
         await chromium.close()
 
 
+async def signed_in(browser, running):
+    """(context, page) of a radiologist who opened the worklist, was sent to sign in and
+    signed in with the keyboard, at 1366x768."""
+    context = await browser.new_context(viewport={"width": 1366, "height": 768})
+    page = await context.new_page()
+    await page.goto(running.base + "/worklist")
+    assert page.url.endswith("/worklist/login")
+    await page.fill("#api_key", KEYS["radiologist"])
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(running.base + "/worklist")
+    return context, page
+
+
 def task_at_ehr(fhir_base: str, message_id: str) -> dict:
     entries = httpx.get(f"{fhir_base}/Task", params={
         "identifier": f"urn:radproto:suggestion|{message_id}"}).json().get("entry") or []
@@ -91,13 +104,7 @@ async def test_radiologist_works_the_list_with_the_keyboard(running, browser, tm
     assert response.status == 403
     await integration.close()
 
-    context = await browser.new_context(viewport={"width": 1366, "height": 768})
-    page = await context.new_page()
-    await page.goto(running.base + "/worklist")
-    assert page.url.endswith("/worklist/login")
-    await page.fill("#api_key", KEYS["radiologist"])
-    await page.keyboard.press("Enter")
-    await page.wait_for_url(running.base + "/worklist")
+    context, page = await signed_in(browser, running)
     cookie = next(c for c in await context.cookies() if c["name"] == "radproto_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     await page.wait_for_selector(f'tr[data-id="{fhir.id}"]')
@@ -236,12 +243,7 @@ async def test_an_abstained_order_is_decided_with_a_quick_pick(running, browser)
     stored = await running.wait_suggested("ACC-C1")
     assert stored.suggestion.abstained
 
-    context = await browser.new_context(viewport={"width": 1366, "height": 768})
-    page = await context.new_page()
-    await page.goto(running.base + "/worklist/login")
-    await page.fill("#api_key", KEYS["radiologist"])
-    await page.keyboard.press("Enter")
-    await page.wait_for_url(running.base + "/worklist")
+    context, page = await signed_in(browser, running)
     row = page.locator(f'tr[data-id="{stored.id}"]')
     await row.wait_for(timeout=15000)
     assert "ABSTAINED" in await row.inner_text()
