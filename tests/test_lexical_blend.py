@@ -19,7 +19,7 @@ from radproto.model.calibration import blend_log_probs, fit_blend
 from radproto.model.catalog import Catalog, Protocol, default_catalog
 from radproto.model.classifier import MODEL_FILE, ModelConfig, ProtocolClassifier
 from radproto.model.lexical import LEXICAL_WEIGHTS, load_lexical, rows_fingerprint
-from radproto.training.lexical import fit_lexical
+from radproto.training.lexical import fit_lexical, tfidf_features
 
 # Four protocols, each with its own vocabulary, in several phrasings.
 PHRASES = {
@@ -88,6 +88,39 @@ def test_the_fingerprint_names_the_rows_exactly():
     assert rows_fingerprint(relabelled) != rows_fingerprint(data)
     reordered = [data[1], data[0], *data[2:]]
     assert rows_fingerprint(reordered) != rows_fingerprint(data)
+
+
+def test_tfidf_features_are_sklearns_where_no_count_ties_at_the_cut():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = [" ".join(p) for p in PHRASES.values()] + [p for ps in PHRASES.values() for p in ps]
+    for settings in ({"ngram_range": (1, 2), "sublinear_tf": True},
+                     {"analyzer": "char_wb", "ngram_range": (3, 5), "min_df": 2}):
+        vocabulary, idf, features = tfidf_features(texts, settings)
+        reference = TfidfVectorizer(**settings).fit(texts)
+        assert vocabulary == reference.vocabulary_
+        np.testing.assert_allclose(idf, reference.idf_)
+        np.testing.assert_allclose(features.toarray(), reference.transform(texts).toarray())
+
+
+def test_tfidf_features_break_count_ties_at_the_cut_by_the_n_gram():
+    # 3,000 words seen 1, 2 or 3 times, shuffled into texts; the cut falls inside the words
+    # seen twice: the thrice-seen ones and the 500 alphabetically first of the twice-seen
+    # are kept, whatever sort kernel the CPU has. (sklearn's own max_features breaks such
+    # ties by an unstable argsort: on an AVX2 EPYC it kept ~160 others; on an AVX-512 CPU
+    # NumPy sorts with other kernels again.)
+    rng = np.random.default_rng(0)
+    words = [f"w{i:04d}" for i in range(3000)]
+    seen = rng.integers(1, 4, size=len(words))
+    bag = [w for w, n in zip(words, seen, strict=True) for _ in range(n)]
+    bag = [bag[i] for i in rng.permutation(len(bag))]
+    texts = [" ".join(bag[i:i + 40]) for i in range(0, len(bag), 40)]
+    thrice = {w for w, n in zip(words, seen, strict=True) if n == 3}
+    twice = [w for w, n in zip(words, seen, strict=True) if n == 2]
+    vocabulary, idf, features = tfidf_features(texts, {"max_features": len(thrice) + 500})
+    assert set(vocabulary) == thrice | set(twice[:500])
+    assert sorted(vocabulary, key=vocabulary.get) == sorted(vocabulary)  # sklearn's order
+    assert features.shape == (len(texts), len(vocabulary)) and len(idf) == len(vocabulary)
 
 
 def test_lexical_model_re_keys_to_a_site_catalog(lexical):

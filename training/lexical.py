@@ -24,7 +24,6 @@ _SMALL = 1000
 
 def fit_lexical(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> LexicalModel:
     """A lexical model trained on labelled order rows (labels are catalog names)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     index = {n: i for i, n in enumerate(names)}
@@ -35,11 +34,13 @@ def fit_lexical(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Lexi
     y = np.array([index[r["label"]] for r in kept])
     # On a few hundred orders (a small site history, a test) every n-gram counts.
     small = {"min_df": 1} if len(texts) < _SMALL else {}
-    words = TfidfVectorizer(**{**WORD_FEATURES, **small}).fit(texts)
-    chars = TfidfVectorizer(**{**CHAR_FEATURES, **small}).fit(texts)
+    word_vocabulary, word_idf, word_features = tfidf_features(
+        texts, {**WORD_FEATURES, **small})
+    char_vocabulary, char_idf, char_features = tfidf_features(
+        texts, {**CHAR_FEATURES, **small})
     from scipy.sparse import hstack
 
-    features = hstack([words.transform(texts), chars.transform(texts)]).tocsr()
+    features = hstack([word_features, char_features]).tocsr()
     if len(set(y.tolist())) < 2:
         raise ModelError("the lexical model needs orders of at least two protocols")
     regression = LogisticRegression(C=_C, max_iter=300).fit(features, y)
@@ -54,8 +55,33 @@ def fit_lexical(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Lexi
         coef[classes], intercept[classes] = regression.coef_, regression.intercept_
     return LexicalModel(
         names=tuple(names),
-        word_vocabulary={k: int(v) for k, v in words.vocabulary_.items()},
-        word_idf=words.idf_.astype(np.float32),
-        char_vocabulary={k: int(v) for k, v in chars.vocabulary_.items()},
-        char_idf=chars.idf_.astype(np.float32),
+        word_vocabulary=word_vocabulary, word_idf=word_idf.astype(np.float32),
+        char_vocabulary=char_vocabulary, char_idf=char_idf.astype(np.float32),
         coef=coef, intercept=intercept, fitted_on=rows_fingerprint(kept))
+
+
+_TFIDF_SETTINGS = ("norm", "use_idf", "smooth_idf", "sublinear_tf")
+
+
+def tfidf_features(texts: Sequence[str], settings: Mapping[str, Any]
+                   ) -> tuple[dict[str, int], np.ndarray, Any]:
+    """(vocabulary, idf, TF-IDF matrix of `texts`) as `TfidfVectorizer(**settings)` fits them,
+    except that of n-grams tied in count at the `max_features` cut the alphabetically first
+    are kept. sklearn cuts with an unstable argsort, and NumPy sorts with other kernels on an
+    AVX-512 CPU than on an AVX2 one: the same rows gave ~1,700 different word features (and a
+    dev top-1 0.8 points apart) on the two machine kinds."""
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+
+    counting = {k: v for k, v in settings.items()
+                if k not in _TFIDF_SETTINGS and k != "max_features"}
+    counter = CountVectorizer(**counting)
+    counts = counter.fit_transform(texts)  # columns in alphabetical order of the n-grams
+    terms = counter.get_feature_names_out()
+    limit = settings.get("max_features")
+    if limit is not None and counts.shape[1] > limit:
+        totals = np.asarray(counts.sum(axis=0)).ravel()
+        keep = np.sort(np.argsort(-totals, kind="stable")[:limit])
+        counts, terms = counts[:, keep], terms[keep]
+    weighting = TfidfTransformer(**{k: v for k, v in settings.items() if k in _TFIDF_SETTINGS})
+    features = weighting.fit_transform(counts)
+    return {str(t): i for i, t in enumerate(terms)}, weighting.idf_, features
