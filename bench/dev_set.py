@@ -2,7 +2,7 @@
 alone (issue 14's ablation), beside the synthetic corpus's test split.
 
     python -m bench.dev_set [--model default] [--fitted-on eval/calib.jsonl]
-        [--corpus-orders 800] [--cross-fit 5]
+        [--corpus DIR | --corpus-size 48000] [--corpus-orders 800] [--cross-fit 5]
 
 One load of the model, one forward pass per order. The head alone is calibrated the way the
 blend is, with a temperature fitted on the file the model's calibration was fitted on
@@ -39,6 +39,13 @@ def main() -> None:
     parser.add_argument("--fitted-on", type=Path, default=ROOT / "eval" / "calib.jsonl",
                         help="the labelled orders the model's blend and temperature were "
                              "fitted on")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="the corpus directory the model trained on (its test split is "
+                             "scored); default: generated here at --corpus-size")
+    parser.add_argument("--corpus-size", type=int, default=48_000,
+                        help="the shipped model's corpus size: a smaller corpus of the same "
+                             "seed is the first orders of the larger one, so its test split "
+                             "lies mostly in the model's training split")
     parser.add_argument("--corpus-orders", type=int, default=800)
     parser.add_argument("--cross-fit", type=int, default=5)
     args = parser.parse_args()
@@ -66,10 +73,15 @@ def main() -> None:
     dev = scored(read_orders(args.dev, require_label=True), str(args.dev))
     tune = scored(read_orders(args.fitted_on, require_label=True), str(args.fitted_on))
     head_temperature = fit_temperature(tune["head"], tune["labels"])
-    with tempfile.TemporaryDirectory(prefix="radproto-corpus-") as scratch:
-        write_corpus(scratch, catalog=catalog, baseline=False)
-        test_rows = read_orders(Path(scratch) / "test.jsonl", require_label=True)
+    if args.corpus is not None:
+        test_rows = read_orders(args.corpus / "test.jsonl", require_label=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="radproto-corpus-") as scratch:
+            write_corpus(scratch, catalog=catalog, size=args.corpus_size, baseline=False)
+            test_rows = read_orders(Path(scratch) / "test.jsonl", require_label=True)
     corpus = scored(test_rows[: args.corpus_orders], "corpus test split")
+    corpus_source = (f"`{args.corpus.name}`, as the model card generates it" if args.corpus else
+                     f"`radproto corpus --size {args.corpus_size}`, seed 13")
 
     crossed, crossed_accepted = cross_fitted(dev["head"], dev["lexical"], dev["labels"],
                                              folds=args.cross_fit)
@@ -145,7 +157,8 @@ def main() -> None:
         f"{machine_description()}, the head in {dtype} as the service scores it. **Dev set**: "
         f"`eval/dev.jsonl`, {len(dev['labels'])} orders written by hand without sight of the "
         "generator (eval/README.md); nothing is fitted on it. **Corpus test**: the first "
-        f"{len(corpus['labels'])} orders of the default synthetic corpus's test split.\n\n"
+        f"{len(corpus['labels'])} orders of the test split of the model's own synthetic corpus "
+        f"({corpus_source}), which it did not train on.\n\n"
         "The ablation: *head alone* is the LLM without the lexical model, its temperature "
         f"({head_temperature:.2f}) fitted on the same file; *lexical alone* is the "
         "blend's own TF-IDF + logistic-regression part, trained on the model's corpus's train "
