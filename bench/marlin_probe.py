@@ -12,8 +12,11 @@ of token counts (96 is the one that matters: a lone order is ~96 tokens), times
 - dense bf16 (the floor; 13 GB resident, not an option within 5 GB).
 
 The Marlin extension is compiled on the card with `torch.utils.cpp_extension.load` from the
-CUDA sources carried in `.gptq/gptqmodel_ext/marlin/` (git-ignored; unpacked from the
-gptqmodel 7.7.0 sdist), restricted to what this probe needs so the build fits one device call:
+CUDA sources carried in `.gptq/gptqmodel_ext/marlin/` (git-ignored; make it with
+the sdist's URL from https://pypi.org/simple/gptqmodel/ (pip download fails building its
+metadata on a machine without CUDA), then `tar xzf gptqmodel-7.7.0.tar.gz && mkdir -p .gptq
+&& cp -r gptqmodel-7.7.0/gptqmodel_ext .gptq/`; the fp16 and shipped kernel_*_ku8.cu files may
+be left out), restricted to what this probe needs so the build fits one device call:
 only the card's architecture (TORCH_CUDA_ARCH_LIST, 9.0 on an H100), only the bf16 sources,
 and only the 15 kernel template instantiations for bf16 x uint4b8 with group_blocks 8
 (group 128), one per thread tile gptq_marlin.cu's dispatch can choose; the dispatch
