@@ -175,6 +175,33 @@ def _measure(layer: Any, dense: Any, m: int, gemlite: dict[str, Any],
     return row
 
 
+def nf4_layer(n: int, k: int) -> tuple[Any, Any]:
+    """A CUDA bitsandbytes NF4 layer [n, k] of random weights (the next draw of torch's seeded
+    generator) and its dequantised bf16 weight."""
+    import bitsandbytes as bnb
+    import torch
+
+    layer = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16,
+                              quant_type="nf4", compress_statistics=True)
+    layer.weight = bnb.nn.Params4bit(torch.randn(n, k) * k ** -0.5, requires_grad=False,
+                                     quant_type="nf4", compress_statistics=True)
+    layer = layer.cuda().eval()
+    dense = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    return layer, dense.to(torch.bfloat16)
+
+
+def print_per_forward(results: list[dict[str, Any]], tokens: list[int]) -> None:
+    """Per token count, every `*_ms` timing summed over one 32-layer forward's linears."""
+    keys = sorted({key for r in results for key in r if key.endswith("_ms")})
+    print()
+    for m in tokens:
+        rows = [r for r in results if r["tokens"] == m]
+        sums = {key: 32 * sum(r.get(key, float("nan")) * r["per_layer"] for r in rows)
+                for key in keys}
+        print(f"{m} tokens, one 32-layer forward's linear layers (ms): "
+              + ", ".join(f"{key[:-3]} {v:.2f}" for key, v in sums.items()))
+
+
 def main() -> None:
     import bitsandbytes as bnb
     import torch
@@ -189,27 +216,14 @@ def main() -> None:
     torch.manual_seed(0)
     results: list[dict[str, Any]] = []
     for n, k, count in LLAMA_7B_LAYER:
-        layer = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16,
-                                  quant_type="nf4", compress_statistics=True)
-        layer.weight = bnb.nn.Params4bit(torch.randn(n, k) * k ** -0.5, requires_grad=False,
-                                         quant_type="nf4", compress_statistics=True)
-        layer = layer.cuda().eval()
-        dense = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-        dense = dense.to(torch.bfloat16)
+        layer, dense = nf4_layer(n, k)
         glayers = gemlite_layers(dense) if args.gemlite else {}
         for m in tokens:
             row = _measure(layer, dense, m, glayers, set(args.skip.split(",")))
             row["per_layer"] = count
             results.append(row)
             print(json.dumps(row), flush=True)
-    keys = sorted({key for r in results for key in r if key.endswith("_ms")})
-    print()
-    for m in tokens:
-        rows = [r for r in results if r["tokens"] == m]
-        sums = {key: 32 * sum(r.get(key, float("nan")) * r["per_layer"] for r in rows)
-                for key in keys}
-        print(f"{m} tokens, one 32-layer forward's linear layers (ms): "
-              + ", ".join(f"{key[:-3]} {v:.2f}" for key, v in sums.items()))
+    print_per_forward(results, tokens)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         env = {"card": torch.cuda.get_device_name(), "torch": torch.__version__,

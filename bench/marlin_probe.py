@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.int4_probe import LLAMA_7B_LAYER, _time_ms
+from bench.int4_probe import LLAMA_7B_LAYER, _time_ms, nf4_layer, print_per_forward
 
 ROOT = Path(__file__).resolve().parents[1]
 MARLIN_SRC = ROOT / ".gptq" / "gptqmodel_ext" / "marlin"
@@ -413,13 +413,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
     for n, k, count in LLAMA_7B_LAYER:
-        layer = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16,
-                                  quant_type="nf4", compress_statistics=True)
-        layer.weight = bnb.nn.Params4bit(torch.randn(n, k) * k ** -0.5, requires_grad=False,
-                                         quant_type="nf4", compress_statistics=True)
-        layer = layer.cuda().eval()
-        dense = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-        dense = dense.to(torch.bfloat16)
+        layer, dense = nf4_layer(n, k)
         try:
             marlin: MarlinWeight | None = MarlinWeight(ops, dense)
         except Exception as exc:
@@ -443,14 +437,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         del layer, dense, marlin
         torch.cuda.empty_cache()
-    keys = sorted({key for r in results for key in r if key.endswith("_ms")})
-    print()
-    for m in tokens:
-        rows = [r for r in results if r["tokens"] == m]
-        sums = {key: 32 * sum(r.get(key, float("nan")) * r["per_layer"] for r in rows)
-                for key in keys}
-        print(f"{m} tokens, one 32-layer forward's linear layers (ms): "
-              + ", ".join(f"{key[:-3]} {v:.2f}" for key, v in sums.items()))
+    print_per_forward(results, tokens)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         env = {"card": torch.cuda.get_device_name(), "torch": torch.__version__,
