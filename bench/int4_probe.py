@@ -115,9 +115,10 @@ def fp8_rows(t: Any) -> tuple[Any, Any]:
     return (t.float() / scale).to(torch.float8_e4m3fn), scale
 
 
-def _measure(layer: Any, dense: Any, m: int, gemlite: dict[str, Any],
-             skip: set[str]) -> dict[str, Any]:
-    import bitsandbytes as bnb
+def baseline_row(layer: Any, dense: Any, m: int) -> tuple[Any, Any, dict[str, Any]]:
+    """For `m` tokens through an NF4 layer and its dequantised weight: the input x, rel_err
+    (an output's mean |difference| from the NF4 layer's over the mean |output|) and the row
+    with the timings every probe compares against: bitsandbytes and dense bf16."""
     import torch
 
     n, k = dense.shape
@@ -126,12 +127,22 @@ def _measure(layer: Any, dense: Any, m: int, gemlite: dict[str, Any],
     with torch.inference_mode():
         ref = layer(x).float()
         row["ref_abs_mean"] = float(ref.abs().mean())
-
-        def rel_err(out: Any) -> float:  # mean |difference| over the mean |output|
-            return float((out.float() - ref).abs().mean()) / row["ref_abs_mean"]
-
         row["bnb_ms"] = _time_ms(lambda: layer(x))
         row["dense_bf16_ms"] = _time_ms(lambda: x @ dense.t())
+
+    def rel_err(out: Any) -> float:
+        return float((out.float() - ref).abs().mean()) / row["ref_abs_mean"]
+
+    return x, rel_err, row
+
+
+def _measure(layer: Any, dense: Any, m: int, gemlite: dict[str, Any],
+             skip: set[str]) -> dict[str, Any]:
+    import bitsandbytes as bnb
+    import torch
+
+    x, rel_err, row = baseline_row(layer, dense, m)
+    with torch.inference_mode():
         for group, tiles in ((64, 8), (128, 8), (64, 4), (128, 2)) if "int4" not in skip else ():
             try:
                 packed, sz = int4pack(dense, group, tiles)

@@ -49,7 +49,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.int4_probe import LLAMA_7B_LAYER, _time_ms, nf4_layer, print_per_forward
+from bench.int4_probe import (
+    LLAMA_7B_LAYER,
+    _time_ms,
+    baseline_row,
+    nf4_layer,
+    print_per_forward,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MARLIN_SRC = ROOT / ".gptq" / "gptqmodel_ext" / "marlin"
@@ -354,19 +360,12 @@ def check(marlin: MarlinWeight, dense: Any, m: int) -> dict[str, Any]:
 def _measure(layer: Any, dense: Any, marlin: MarlinWeight | None, m: int) -> dict[str, Any]:
     import torch
 
-    n, k = dense.shape
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    row: dict[str, Any] = {"tokens": m, "out": n, "in": k}
+    x, rel_err, row = baseline_row(layer, dense, m)
+    if marlin is None:
+        return row
     with torch.inference_mode():
-        ref = layer(x).float()
-        row["ref_abs_mean"] = float(ref.abs().mean())
-        row["bnb_ms"] = _time_ms(lambda: layer(x))
-        row["dense_bf16_ms"] = _time_ms(lambda: x @ dense.t())
-        if marlin is None:
-            return row
-        try:  # rel_err as int4_probe's: against the NF4 layer (includes the re-quantisation)
-            row["marlin_rel_err"] = float((marlin(x).float() - ref).abs().mean()) / row[
-                "ref_abs_mean"]
+        try:  # against the NF4 layer, so it includes the re-quantisation
+            row["marlin_rel_err"] = rel_err(marlin(x))
             row["marlin_ms"] = _time_ms(lambda: marlin(x))
             row["marlin_bf16_reduce_ms"] = _time_ms(lambda: marlin(x, fp32_reduce=False))
         except Exception as exc:  # a probe records what failed
