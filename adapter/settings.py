@@ -61,6 +61,10 @@ class ServiceSettings(BaseSettings):
     #: CUDA only: torch.compile RMSNorm, SwiGLU and RoPE at start-up (~12 s more before
     #: ready on a 7B; then 24 instead of 28 ms per single order, +20-45% batched).
     compile_kernels: bool = False
+    #: CUDA only, 4-bit base: calls of at most this many prompt tokens (the lone order) run
+    #: an int4 copy of the LoRA-folded weights through the Marlin GEMM (model/marlin.py;
+    #: needs nvcc and gptqmodel's sources; +3.3 GB on a 7B). 0: off.
+    marlin_tokens: int = Field(default=0, ge=0, le=4096)
     #: CUDA only: prompt tokens per batched scoring pass (padding included); see
     #: docs/benchmarks.md (gpu-command) for throughput and memory by setting.
     scoring_batch_tokens: int = Field(default=32768, ge=512)

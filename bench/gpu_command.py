@@ -168,6 +168,7 @@ from radproto.training.orderfile import read_orders
 model_dir, corpus = sys.argv[1], sys.argv[2]
 n_orders, n_single, options = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5].split(",")
 compile_kernels, fold_tokens = "compile" in options, 1024 if "fold" in options else 0
+marlin_tokens = 128 if "marlin" in options else 0  # the lone order's graphs: <= 128 tokens
 batch_tokens = int(sys.argv[6])
 if torch.cuda.is_available():
     torch.cuda.reset_peak_memory_stats()
@@ -182,7 +183,7 @@ if cuda:  # from here on: what serving holds (loading NF4 from bf16 shards peaks
     torch.cuda.reset_peak_memory_stats()
 clf.cuda_batch_tokens = batch_tokens
 prepare_s = clf.prepare_for_serving(compile_kernels=compile_kernels,  # as the service does
-                                    fold_lora_tokens=fold_tokens)
+                                    fold_lora_tokens=fold_tokens, marlin_tokens=marlin_tokens)
 rows = read_orders(corpus + "/validation.parquet")[:n_orders]
 clf.score_orders(rows[:64])  # warm-up
 def timed(fn):
@@ -220,6 +221,7 @@ times.sort()
 print("SERVE", json.dumps({
     "load_seconds": round(load_s, 1), "prepare_seconds": round(prepare_s, 1),
     "compile_kernels": compile_kernels, "fold_lora_tokens": fold_tokens,
+    "marlin_tokens": marlin_tokens,
     "batch_tokens": batch_tokens, "orders": len(rows),
     "burst_orders_per_s": round(len(rows) / min(first_s, burst_s), 1),
     "first_burst_orders_per_s": round(len(rows) / first_s, 1),
@@ -349,8 +351,9 @@ def render(results: list[dict[str, Any]]) -> str:
             rows.append([
                 serve["model"], serve.get("batch_tokens"),
                 "on" if serve["compile_kernels"] else "off",
-                f"from {serve['fold_lora_tokens']} tokens" if serve.get("fold_lora_tokens")
-                else "off",
+                (f"from {serve['fold_lora_tokens']} tokens" if serve.get("fold_lora_tokens")
+                 else "off") + (f"; Marlin int4 up to {serve['marlin_tokens']} tokens"
+                                if serve.get("marlin_tokens") else ""),
                 f"{serve['load_seconds']} s + {serve['prepare_seconds']} s",
                 _n(serve["burst_orders_per_s"], 1), _n(serve.get("head_orders_per_s"), 1),
                 f"{serve['single_p50_ms']} / {serve['single_p95_ms']} ms",
@@ -472,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", default="", help="a variant whose saved model to serve")
     p.add_argument("--serve-settings", default="32768,32768+compile",
                    help="batch tokens per serving run, +compile for compiled kernels, +fold for "
-                        "the LoRA delta folded into the dequantised weights")
+                        "the LoRA delta folded into the dequantised weights, +marlin for "
+                        "calls of <= 128 tokens through Marlin int4 (model/marlin.py)")
     p.add_argument("--serve-orders", type=int, default=512)
     p.add_argument("--serve-single", type=int, default=100)
     p.add_argument("--profile", action="store_true",

@@ -210,13 +210,16 @@ class ProtocolClassifier:
         return self._cuda_scorers["graphed"]
 
     def prepare_for_serving(self, *, compile_kernels: bool = False,
-                            fold_lora_tokens: int = 1024) -> float:
+                            fold_lora_tokens: int = 1024, marlin_tokens: int = 0) -> float:
         """On CUDA, pay the first order's costs now: optionally compile the elementwise
         kernels (RMSNorm, SwiGLU, RoPE), capture the single-order graph of every
         prompt-length bucket and run one batch. `fold_lora_tokens`: batches of at least this
         many tokens add the LoRA delta to the dequantised 4-bit weights (kernels.fold_lora;
-        0: off; +10% decoder throughput on an H200, bench/GPU_NOTES.md run 12). Returns the
-        seconds spent (0 elsewhere)."""
+        0: off; +10% decoder throughput on an H200, bench/GPU_NOTES.md run 12).
+        `marlin_tokens`: calls of at most this many tokens (the lone order's graphs) run an
+        int4 copy of the folded weights through the Marlin GEMM (model/marlin.py; 0: off;
+        a second copy of the weights, 3.3 GB on a 7B). Returns the seconds spent (0
+        elsewhere)."""
         import time
 
         if not _on_cuda(self.model):
@@ -226,6 +229,12 @@ class ProtocolClassifier:
         if compile_kernels:
             compile_elementwise(self.model)
         fold_lora(self.model, fold_lora_tokens)
+        if marlin_tokens:
+            from radproto.model.marlin import marlin_lora
+
+            cost = marlin_lora(self.model, marlin_tokens)
+            log.info("Marlin int4 for calls of <= %d tokens: %d layers, %.2f GB, built in "
+                     "%.0f s", marlin_tokens, cost["layers"], cost["gb"], cost["build_s"])
         filler = self.tokenizer.eos_token_id
         with _eval_mode(self.model), mask_capable_attention(self.model):
             if self.cuda_graphs:

@@ -7,6 +7,8 @@
   activations to the adapter's float32 and adds separately);
 - `fold_lora`: for large inference batches on a 4-bit base, the LoRA delta added to the
   weight bitsandbytes dequantises anyway (a fixed cost per call, not two GEMMs per token);
+- (model/marlin.py attaches an int4 copy of the folded weight that small inference calls
+  take: the Marlin GEMM for the lone order);
 - `cast_frozen_floats`: norms, embeddings and head kept in bf16 instead of the float32
   that prepare_model_for_kbit_training casts them to;
 - `compile_elementwise`: torch.compile'd RMSNorm, RoPE and SwiGLU (one fused kernel each).
@@ -130,6 +132,12 @@ def _lean_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         return self._radproto_plain_forward(x, *args, **kwargs)
     import torch
 
+    int4 = self.__dict__.get("_radproto_int4")  # model/marlin.py: the folded weight, int4
+    if (int4 is not None and not self.training and not torch.is_grad_enabled()
+            and x.numel() <= self.__dict__["_radproto_int4_tokens"] * x.shape[-1]):
+        out = int4(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+        bias = self.base_layer.bias
+        return out if bias is None else out + bias.to(out.dtype)
     fold_tokens = self.__dict__.get("_radproto_fold_tokens", 0)
     if (fold_tokens and not self.training and not torch.is_grad_enabled()
             and x.numel() >= fold_tokens * x.shape[-1]):
@@ -230,7 +238,8 @@ def plain_lora(model: Any) -> int:
         if hasattr(module, "_radproto_plain_forward"):
             del module.forward
             del module._radproto_plain_forward
-            module.__dict__.pop("_radproto_fold_tokens", None)
+            for key in ("_radproto_fold_tokens", "_radproto_int4", "_radproto_int4_tokens"):
+                module.__dict__.pop(key, None)
             count += 1
     return count
 
