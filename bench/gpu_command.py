@@ -406,9 +406,12 @@ def targets(results: list[dict[str, Any]]) -> str:
                          "met" if burst["burst_orders_per_s"] >= 600 and burst["peak_gb"] <= 5
                          else "missed"])
             single = min(served, key=lambda s: s["single_p50_ms"])
+            marlin = (f", Marlin int4 up to {single['marlin_tokens']} tokens"
+                      if single.get("marlin_tokens") else "")
             rows.append([f"{card}: one order p50 <= 12 ms",
                          f"{single['single_p50_ms']} ms (compiled kernels "
-                         f"{'on' if single['compile_kernels'] else 'off'})", "",
+                         f"{'on' if single['compile_kernels'] else 'off'}{marlin}; "
+                         f"{single.get('resident_gb', '-')} GB resident)", "",
                          "met" if single["single_p50_ms"] <= 12 else "missed"])
     return markdown_table(["target", "radproto", "peer", "status"], rows)
 
@@ -449,7 +452,15 @@ def report(paths: list[Path], write_docs: bool) -> None:
             "stop 15 (the 10:41 run) training on one GPU also keeps the untied token "
             "embeddings in host memory (0.4 GB: packed_b16 5.12 -> 4.74 GB, so 20 orders a "
             "step fit within TRL's memory), and the burst is the better of two warm runs "
-            "(files before it: the first run).")
+            "(files before it: the first run). Since stop 18 `+marlin` (`marlin_tokens: "
+            "128`) runs calls of up to 128 tokens (the lone order's graphs) through an int4 "
+            "copy of the LoRA-folded weights and the Marlin GEMM (model/marlin.py): a second "
+            "copy of the weights (7.5-7.8 GB resident against 4.2-4.5), and single and "
+            "batched orders then go through two different roundings of a random model, so "
+            "their agreement says nothing (bench/GPU_NOTES.md run 21). The 17:30 run "
+            "captured 32-token graph buckets, the 17:33 run 16-token buckets for both rows; "
+            "the service uses 16 with Marlin, 32 without (16 held 0.3 GB more there for the "
+            "same time).")
         dates = sorted(d.get("environment", {}).get("date", "") for d in results)
         write_section(SECTION,
                       "GPU: `radproto train`, its peers and the loaded classifier (7B, NF4)",

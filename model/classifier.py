@@ -134,6 +134,7 @@ class ProtocolClassifier:
         # rebuilt when the catalog (and so the head) changes.
         self.cuda_graphs = cuda_graphs
         self.cuda_batch_tokens = _CUDA_BATCH_TOKENS
+        self.graph_bucket = 32  # prompt tokens per CUDA-graph bucket of the lone order
         self._cuda_scorers: dict[str, Any] = {}
         self.catalog = catalog
 
@@ -205,7 +206,7 @@ class ProtocolClassifier:
     def _graphed_scorer(self) -> GraphedScorer:
         if "graphed" not in self._cuda_scorers:
             self._cuda_scorers["graphed"] = GraphedScorer(
-                self.model, self.head, self.tokenizer.pad_token_id,
+                self.model, self.head, self.tokenizer.pad_token_id, bucket=self.graph_bucket,
                 max_prompt=self.config.max_length)
         return self._cuda_scorers["graphed"]
 
@@ -235,6 +236,11 @@ class ProtocolClassifier:
             cost = marlin_lora(self.model, marlin_tokens)
             log.info("Marlin int4 for calls of <= %d tokens: %d layers, %.2f GB, built in "
                      "%.0f s", marlin_tokens, cost["layers"], cost["gb"], cost["build_s"])
+            # Marlin's time grows with the tokens (~8 ms at 64, ~13 at 96 on an H100): pad a
+            # lone order by at most 15 tokens. bitsandbytes' path times the same with 32-token
+            # buckets and holds 0.3 GB less in graphs (bench/GPU_NOTES.md run 22).
+            self.graph_bucket = 16
+            self._cuda_scorers.pop("graphed", None)
         filler = self.tokenizer.eos_token_id
         with _eval_mode(self.model), mask_capable_attention(self.model):
             if self.cuda_graphs:
