@@ -186,10 +186,32 @@ def attach_int4(model: Any, make: Any, max_tokens: int, *, group: int = GROUP
         weight = Int4Weight.quantize(folded_weight(module), group)
         module._radproto_int4 = make(weight)
         module._radproto_int4_tokens = int(max_tokens)
+        if count == 0:
+            check_int4(module._radproto_int4, weight)
         del weight  # the uint8 codes: twice the packed size
         size += getattr(module._radproto_int4, "gigabytes", 0.0)
         count += 1
     return count, size
+
+
+def check_int4(gemm: Any, weight: Int4Weight, tokens: int = 16, limit: float = 2e-2) -> float:
+    """One call of `gemm` against x @ the dequantised weight in float32: a wrong layout or a
+    kernel built for another card fails the start here, not the radiologist's suggestion.
+    Returns the relative error (bf16 rounding alone: ~2e-3)."""
+    import torch
+
+    device = weight.q.device
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(tokens, weight.q.shape[1], generator=generator, device=device)
+    x = x.to(torch.bfloat16)  # what the kernel reads; the reference in float32
+    with torch.no_grad():
+        reference = weight(x.float())
+        out = gemm(x).float()
+    error = float((out - reference).abs().mean() / reference.abs().mean().clamp(min=1e-12))
+    if not error < limit:  # NaN fails too
+        raise ModelError(f"the int4 GEMM does not match its weights (relative error {error:.3g}"
+                         f" against at most {limit}): not serving through it")
+    return error
 
 
 # ---------------------------------------------------------------------------- the kernel build

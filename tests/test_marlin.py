@@ -8,6 +8,8 @@ dequantised weight, which is what the Marlin GEMM computes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -150,12 +152,26 @@ def test_the_build_names_only_the_kernels_it_compiles(tmp_path):
     assert gemm.startswith("// before") and gemm.endswith("// after\n")
     assert gemm.count("_GET_IF(vllm::kU4B8") == len(marlin.kernel_configs()) == 15
     assert "every instantiation" not in gemm
-    kernels_text = "".join(open(f).read() for f in files[4:])
+    kernels_text = "".join(Path(f).read_text() for f in files[4:])
     assert kernels_text.count("template __global__ void Marlin<") == 15
 
     (source / "gptq_marlin.cu").write_text("// a gptqmodel version without the dispatch\n")
     with pytest.raises(ModelError, match="get_marlin_kernel not found"):
         marlin.prepare_sources(source, tmp_path / "build")
+
+
+def test_a_gemm_that_does_not_match_its_weights_fails_the_start(tmp_path):
+    torch.manual_seed(2)
+    int4 = marlin.Int4Weight.quantize(torch.randn(64, 256))
+    assert marlin.check_int4(int4, int4) < 1e-2  # the reference in bf16 against float32
+    with pytest.raises(ModelError, match="does not match its weights"):
+        marlin.check_int4(lambda x: int4(x)[:, torch.randperm(64)], int4)
+    with pytest.raises(ModelError, match="does not match"):
+        marlin.check_int4(lambda x: int4(x) * float("nan"), int4)
+    model, _ = _nf4_lora_model(tmp_path)
+    kernels.lean_lora(model)
+    with pytest.raises(ModelError, match="does not match"):  # attach checks the first layer
+        marlin.attach_int4(model, lambda w: (lambda x: -w(x)), max_tokens=8, group=32)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error off CUDA")
