@@ -176,13 +176,8 @@ def attach_int4(model: Any, make: Any, max_tokens: int, *, group: int = GROUP
     its folded weight, `make(Int4Weight)` (a MarlinWeight on CUDA; the Int4Weight itself is
     the reference), used for calls of at most `max_tokens` tokens. Returns (layers, GB of
     the copies)."""
-    from radproto.model.kernels import _is_4bit
-
     count, size = 0, 0.0
-    for module in model.modules():
-        if not hasattr(module, "_radproto_plain_forward") or \
-                not _is_4bit(getattr(module, "base_layer", None)):
-            continue
+    for module in _int4_candidates(model):
         weight = Int4Weight.quantize(folded_weight(module), group)
         module._radproto_int4 = make(weight)
         module._radproto_int4_tokens = int(max_tokens)
@@ -192,6 +187,14 @@ def attach_int4(model: Any, make: Any, max_tokens: int, *, group: int = GROUP
         size += getattr(module._radproto_int4, "gigabytes", 0.0)
         count += 1
     return count, size
+
+
+def _int4_candidates(model: Any) -> list[Any]:
+    """The LoRA layers kernels.lean_lora patched over a bitsandbytes 4-bit base."""
+    from radproto.model.kernels import _is_4bit
+
+    return [m for m in model.modules() if hasattr(m, "_radproto_plain_forward")
+            and _is_4bit(getattr(m, "base_layer", None))]
 
 
 def check_int4(gemm: Any, weight: Int4Weight, tokens: int = 16, limit: float = 2e-2) -> float:
@@ -398,7 +401,12 @@ def load_ops(build_dir: Path | None = None, *, source: Path | None = None,
 def marlin_lora(model: Any, max_tokens: int, *, build_dir: Path | None = None
                 ) -> dict[str, float]:
     """Serve calls of at most `max_tokens` tokens through Marlin (see the module's text);
-    returns what it cost: build seconds, layers, GB."""
+    returns what it cost: build seconds, layers, GB. A model without LoRA layers over a
+    4-bit base has nothing to convert: no build, a warning."""
+    if not _int4_candidates(model):
+        log.warning("marlin_tokens is set but the model has no LoRA layer over a 4-bit base: "
+                    "nothing served through Marlin")
+        return {"build_s": 0.0, "layers": 0, "gb": 0.0}
     ops, build_s = load_ops(build_dir)
     layers, size = attach_int4(model, lambda w: MarlinWeight(ops, w), max_tokens)
     return {"build_s": build_s, "layers": layers, "gb": size}

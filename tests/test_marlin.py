@@ -175,6 +175,14 @@ def test_a_gemm_that_does_not_match_its_weights_fails_the_start(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error off CUDA")
-def test_marlin_without_cuda_is_a_clear_error(tmp_path):
+def test_marlin_without_cuda_is_a_clear_error(tmp_path, caplog):
     with pytest.raises(ModelError, match="needs a CUDA device"):
         marlin.load_ops(tmp_path)
+    model, _ = _nf4_lora_model(tmp_path)
+    kernels.lean_lora(model)
+    with pytest.raises(ModelError, match="needs a CUDA device"):
+        marlin.marlin_lora(model, 128, build_dir=tmp_path / "build")
+    kernels.plain_lora(model)  # no layer over a 4-bit base is left for the int4 path
+    assert marlin.marlin_lora(model, 128, build_dir=tmp_path / "build")["layers"] == 0
+    assert "nothing served through Marlin" in caplog.text
+    assert not (tmp_path / "build").exists()
