@@ -3,7 +3,8 @@
 A lone order (~64 prompt tokens) is bound by bitsandbytes writing every dequantised bf16
 weight to memory and reading it back: 15.3 ms of a 7B forward on an H100. Marlin (vLLM's
 int4 GEMM, here gptqmodel's copy) reads the 4-bit weight once, dequantising in registers: the
-same forward takes 8.4 ms (bench/lone_order_probe.py, bench/GPU_NOTES.md run 20). Its cost
+same forward takes 8.4 ms (bench/lone_order_probe.py, bench/GPU_NOTES.md run 21), and the
+service's lone order, LoRA and host work included, 11.7 ms instead of 19.2 (run 22). Its cost
 grows with the tokens (at ~1,000 tokens it is slower than bitsandbytes), so only calls of at
 most `max_tokens` tokens take it; batches keep the bitsandbytes path. The price is a second
 copy of the weights (3.3 GB on a 7B).
