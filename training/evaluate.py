@@ -50,27 +50,32 @@ def default_corpus_train_rows(catalog: Catalog) -> list[dict[str, Any]]:
 
 def score_with_timing(classifier: Any, fields: list[dict[str, Any]], *, batch_size: int = 16,
                       progress: bool = True
-                      ) -> tuple[np.ndarray, list[float], np.ndarray | None]:
-    """The classifier's log-probabilities in chunks of `batch_size` orders with a progress
-    bar, per-order seconds of each chunk, and for a blended model the head's own
-    log-probabilities (None otherwise)."""
+                      ) -> tuple[np.ndarray, list[float], np.ndarray | None, np.ndarray | None]:
+    """The classifier's log-probabilities, the head in chunks of `batch_size` orders with a
+    progress bar; per-order seconds of each chunk; and for a blended model the head's own
+    log-probabilities and the lexical half's (None otherwise). The lexical half is scored
+    once for the whole file and its time spread over the orders."""
     from tqdm.auto import tqdm
 
-    blended, alone, per_order = [], [], []
+    from radproto.model.calibration import blend_log_probs
+
+    lexical, lexical_s = None, 0.0
+    if classifier.lexical is not None and classifier.lexical_weight != 0 and fields:
+        began = time.perf_counter()
+        lexical = classifier.lexical.log_probs(fields)
+        lexical_s = (time.perf_counter() - began) / len(fields)
+    heads, per_order = [], []
     with tqdm(total=len(fields), unit="order", desc="score", disable=not progress) as bar:
         for start in range(0, len(fields), batch_size):
             part = fields[start:start + batch_size]
             began = time.perf_counter()
-            from_head = classifier.head_log_probs(part)
-            blended.append(classifier.blend(from_head, part))
-            per_order.append((time.perf_counter() - began) / len(part))
-            alone.append(from_head)
+            heads.append(classifier.head_log_probs(part))
+            per_order.append((time.perf_counter() - began) / len(part) + lexical_s)
             bar.update(len(part))
-    empty = np.zeros((0, len(classifier.catalog)))
-    log_probs = np.concatenate(blended) if blended else empty
-    has_blend = classifier.lexical is not None and classifier.lexical_weight != 0
-    return log_probs, per_order, ((np.concatenate(alone) if alone else empty)
-                                  if has_blend else None)
+    head = np.concatenate(heads) if heads else np.zeros((0, len(classifier.catalog)))
+    if lexical is None:
+        return head, per_order, None, None
+    return blend_log_probs(head, lexical, classifier.lexical_weight), per_order, head, lexical
 
 
 def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog: Catalog,
@@ -105,17 +110,19 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
         classifier.catalog = catalog
     fields = [{k: r.get(k, "") for k in ORDER_FILE_FIELDS} for r in kept]
     labels = np.array([catalog.names.index(r["label"]) for r in kept])
-    log_probs, per_order, head_alone = score_with_timing(
+    log_probs, per_order, head_alone, lexical = score_with_timing(
         classifier, fields, batch_size=batch_size, progress=progress)
     train_file = Path(baseline_train) if baseline_train else sibling_train_file(data)
-    baseline = None
+    baseline_log_probs = None
     if train_file is not None:
         train_rows = read_orders(train_file, require_label=True)
         baseline_source = str(train_file)
     elif classifier.lexical is not None:
         # a blended model carries the baseline's own fit on the model's training data:
         # the like-for-like comparison, in a second
-        train_rows, baseline = [], classifier.lexical
+        train_rows = []
+        baseline_log_probs = (lexical if lexical is not None
+                              else classifier.lexical.log_probs(fields))
         baseline_source = ("the model's own TF-IDF half (the baseline's fit on the "
                            "model's training data, stored with the model)")
     else:
@@ -134,11 +141,11 @@ def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog:
         extra["lexical_weight"] = classifier.lexical_weight
     extra.update(_abstention(log_probs, labels, classifier))
     if cross_fit:
-        extra.update(_cross_fit_metrics(classifier, fields, labels, log_probs, head_alone,
+        extra.update(_cross_fit_metrics(classifier, labels, log_probs, head_alone, lexical,
                                         cross_fit))
     return build_report(log_probs, labels, catalog, temperature=classifier.temperature,
                         out_dir=out_dir, rows=kept, baseline_train=train_rows,
-                        baseline=baseline,
+                        baseline_log_probs=baseline_log_probs,
                         title="Evaluation", seconds_per_order=float(np.mean(per_order)),
                         extra=extra, head_alone=head_alone)
 
@@ -155,16 +162,13 @@ def _abstention(log_probs: np.ndarray, labels: np.ndarray, classifier: Any) -> d
             "threshold_accepted": share, "threshold_accepted_accuracy": accuracy}
 
 
-def _cross_fit_metrics(classifier: Any, fields: list[dict[str, Any]], labels: np.ndarray,
-                       log_probs: np.ndarray, head_alone: np.ndarray | None, folds: int
+def _cross_fit_metrics(classifier: Any, labels: np.ndarray, log_probs: np.ndarray,
+                       head_alone: np.ndarray | None, lexical: np.ndarray | None, folds: int
                        ) -> dict[str, Any]:
     from radproto.training.calibrate import cross_fitted
     from radproto.training.metrics import classification_metrics
 
-    if head_alone is not None:
-        head, lexical = head_alone, classifier.lexical.log_probs(fields)
-    else:
-        head, lexical = log_probs, None
+    head = head_alone if head_alone is not None else log_probs
     calibrated, accepted = cross_fitted(head, lexical, labels, folds=folds)
     m = classification_metrics(np.exp(calibrated), labels, classifier.catalog.names)
     share, accuracy = auto_assigned(accepted, calibrated.argmax(axis=1) == labels)

@@ -106,7 +106,7 @@ def plot_confusion(labels: np.ndarray, predicted: np.ndarray, names: Sequence[st
 def build_report(log_probs: np.ndarray, labels: np.ndarray, catalog: Catalog, *,
                  temperature: float, out_dir: str | Path, rows: Sequence[Mapping[str, Any]],
                  baseline_train: Sequence[Mapping[str, Any]] | None = None,
-                 baseline: Any = None,
+                 baseline_log_probs: np.ndarray | None = None,
                  title: str = "Evaluation", seconds_per_order: float | None = None,
                  extra: Mapping[str, Any] | None = None,
                  head_alone: np.ndarray | None = None) -> dict[str, Any]:
@@ -115,7 +115,8 @@ def build_report(log_probs: np.ndarray, labels: np.ndarray, catalog: Catalog, *,
     `head_alone`: for a blended model, the protocol head's own log-probabilities, reported
     beside the blend and the baseline (the ablation; top-1 and top-3 do not depend on a
     temperature, so none is fitted for it). The TF-IDF baseline is fitted on
-    `baseline_train`, or given ready as `baseline` (a blended model's own lexical half)."""
+    `baseline_train`, or given as its log-probabilities for `rows` (`baseline_log_probs`: a
+    blended model's own lexical half, scored already)."""
     from radproto.model.calibration import catalog_probabilities
 
     out_dir = Path(out_dir)
@@ -148,12 +149,17 @@ def build_report(log_probs: np.ndarray, labels: np.ndarray, catalog: Catalog, *,
         for key, values in groups.items():
             for group, row in group_accuracy(np.exp(head_alone), labels, values).items():
                 metrics[f"by_{key}"][group]["head_alone_top1"] = row["top1"]
-    if baseline_train or baseline is not None:
+    if baseline_train or baseline_log_probs is not None:
         started = time.perf_counter()
-        if baseline is None:
+        if baseline_log_probs is None:
             baseline = train_baseline(baseline_train, names)
             metrics["baseline_n_train"] = len(baseline_train)
-        base_probs = baseline_probabilities(baseline, rows, len(names))
+            base_probs = baseline_probabilities(baseline, rows, len(names))
+        elif baseline_log_probs.shape != (len(labels), len(names)):
+            raise ValueError(f"baseline log-probabilities of shape {baseline_log_probs.shape} "
+                             f"for {len(labels)} orders and {len(names)} protocols")
+        else:
+            base_probs = np.exp(baseline_log_probs)
         base = classification_metrics(base_probs, labels, names)
         for key in ("top1", "top3", "macro_f1", "ece", "coverage_at_95"):
             metrics[f"baseline_{key}"] = base[key]
