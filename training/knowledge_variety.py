@@ -240,6 +240,10 @@ def britishize(text: str) -> str:
     return text
 
 
+# a value already followed by a unit ("eGFR 43 mL/min", "Cr 2.1 mg/dL") keeps it
+_UNIT_AFTER = re.compile(r"\s*[A-Za-zµ]+/")
+
+
 def with_units(text: str, rng: random.Random, si: bool) -> str:
     """Write lab values with units (SI units when `si`), and sometimes a different label."""
     for pattern, labels, converters, units in LAB_UNITS:
@@ -247,10 +251,12 @@ def with_units(text: str, rng: random.Random, si: bool) -> str:
                 units=units) -> str:
             value = float(match.group(2))
             label = rng.choice(labels) if rng.random() < 0.5 else match.group(1)
-            if si and converters:
-                return f"{label} {rng.choice(converters)(value)}"
-            unit = rng.choice(units)
-            return f"{label} {match.group(2)}{' ' + unit if unit else ''}"
+            # the same draws either way: a corpus changes only where a unit was doubled
+            written = (rng.choice(converters)(value) if si and converters
+                       else " ".join(filter(None, (match.group(2), rng.choice(units)))))
+            if _UNIT_AFTER.match(match.string, match.end()):
+                return f"{label} {match.group(2)}"
+            return f"{label} {written}"
         text = pattern.sub(one, text)
     return text
 
