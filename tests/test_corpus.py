@@ -43,6 +43,24 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, floa
 def _text(row: dict) -> str:
     return " ".join(row[name] for name in ORDER_FILE_FIELDS)
 
+def test_a_lab_value_that_has_its_unit_keeps_it_alone():
+    """with_units adds a unit (or an SI conversion) to a bare lab value, never a second unit
+    to one written with its own; it draws the same random numbers either way, so fixing the
+    doubled units (stop 18) changed a corpus only in the rows that had them."""
+    import random
+
+    from radproto.training.knowledge_variety import with_units
+
+    for seed in range(40):
+        for si in (False, True):
+            with_unit, bare = random.Random(seed), random.Random(seed)
+            text = with_units("eGFR 43 mL/min/1.73m2, Cr 2.1 mg/dL", with_unit, si)
+            assert text.count("/") == 3  # the two units as written, nothing added
+            assert "43 mL/min/1.73m2," in text and text.endswith(" 2.1 mg/dL")
+            written = with_units("eGFR 43, Cr 2.1", bare, si)
+            assert with_unit.random() == bare.random()  # the same draws
+            assert "43" in written and ("2.1" in written or "mol/L" in written)
+
 
 def test_same_seed_same_examples_other_seed_other_examples() -> None:
     first = generate_examples(CATALOG, seed=3, size=800)
@@ -347,22 +365,3 @@ def test_dialysis_and_moderate_ckd_are_written_as_referrers_write_them(examples)
     denials = " ".join(_text(r) for r in examples if "no_renal_failure" in r["modifiers"]
                        and r["label"] == "CT Chest W Contrast")
     assert re.search(r"eGFR (3\d|4\d|5\d)\b", denials)
-
-
-def test_a_lab_value_that_has_its_unit_keeps_it_alone():
-    """with_units adds a unit (or an SI conversion) to a bare lab value, never a second unit
-    to one written with its own; it draws the same random numbers either way, so fixing the
-    doubled units (stop 18) changed a corpus only in the rows that had them."""
-    import random
-
-    from radproto.training.knowledge_variety import with_units
-
-    for seed in range(40):
-        for si in (False, True):
-            with_unit, bare = random.Random(seed), random.Random(seed)
-            text = with_units("eGFR 43 mL/min/1.73m2, Cr 2.1 mg/dL", with_unit, si)
-            assert text.count("/") == 3  # the two units as written, nothing added
-            assert "43 mL/min/1.73m2," in text and text.endswith(" 2.1 mg/dL")
-            written = with_units("eGFR 43, Cr 2.1", bare, si)
-            assert with_unit.random() == bare.random()  # the same draws
-            assert "43" in written and ("2.1" in written or "mol/L" in written)
