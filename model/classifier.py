@@ -171,13 +171,20 @@ class ProtocolClassifier:
         catalog order: the head's, blended with the lexical model's when the model has one."""
         return self.blend(self.head_log_probs(fields_list), fields_list)
 
-    def blend(self, from_head: np.ndarray, fields_list: Sequence[Mapping[str, Any]]
-              ) -> np.ndarray:
-        """log_softmax(head + weight * lexical), or the head's own when there is no blend."""
-        if self.lexical is None or self.lexical_weight == 0 or not len(from_head):
+    @property
+    def blended(self) -> bool:
+        """Whether scores blend the head with the lexical model."""
+        return self.lexical is not None and self.lexical_weight != 0
+
+    def blend(self, from_head: np.ndarray, fields_list: Sequence[Mapping[str, Any]],
+              lexical: np.ndarray | None = None) -> np.ndarray:
+        """log_softmax(head + weight * lexical), or the head's own when there is no blend.
+        `lexical`: the lexical model's log-probabilities for fields_list, if scored already."""
+        if not self.blended or not len(from_head):
             return from_head
-        return blend_log_probs(from_head, self.lexical.log_probs(fields_list),
-                               self.lexical_weight)
+        if lexical is None:
+            lexical = self.lexical.log_probs(fields_list)
+        return blend_log_probs(from_head, lexical, self.lexical_weight)
 
     def head_log_probs(self, fields_list: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """[n, n_protocols] the protocol head's log-probabilities alone: one forward pass

@@ -202,13 +202,17 @@ def fold_lora(model: Any, min_tokens: int) -> int:
     """Score calls of at least `min_tokens` tokens with the LoRA delta folded into the
     dequantised 4-bit weight (inference only; 0 turns it off). Applies to layers lean_lora
     patched over a bitsandbytes 4-bit base; returns how many."""
-    count = 0
-    for module in model.modules():
-        if hasattr(module, "_radproto_plain_forward") and \
-                _is_4bit(getattr(module, "base_layer", None)):
-            module._radproto_fold_tokens = int(min_tokens)
-            count += 1
-    return count
+    layers = lean_4bit_layers(model)
+    for module in layers:
+        module._radproto_fold_tokens = int(min_tokens)
+    return len(layers)
+
+
+def lean_4bit_layers(model: Any) -> list[Any]:
+    """The LoRA layers lean_lora patched over a bitsandbytes 4-bit base: those fold_lora and
+    model/marlin.py give their inference shortcuts."""
+    return [m for m in model.modules() if hasattr(m, "_radproto_plain_forward")
+            and _is_4bit(getattr(m, "base_layer", None))]
 
 
 def _is_4bit(layer: Any) -> bool:

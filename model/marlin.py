@@ -177,8 +177,10 @@ def attach_int4(model: Any, make: Any, max_tokens: int, *, group: int = GROUP
     its folded weight, `make(Int4Weight)` (a MarlinWeight on CUDA; the Int4Weight itself is
     the reference), used for calls of at most `max_tokens` tokens. Returns (layers, GB of
     the copies)."""
+    from radproto.model.kernels import lean_4bit_layers
+
     count, size = 0, 0.0
-    for module in _int4_candidates(model):
+    for module in lean_4bit_layers(model):
         weight = Int4Weight.quantize(folded_weight(module), group)
         module._radproto_int4 = make(weight)
         module._radproto_int4_tokens = int(max_tokens)
@@ -188,14 +190,6 @@ def attach_int4(model: Any, make: Any, max_tokens: int, *, group: int = GROUP
         size += getattr(module._radproto_int4, "gigabytes", 0.0)
         count += 1
     return count, size
-
-
-def _int4_candidates(model: Any) -> list[Any]:
-    """The LoRA layers kernels.lean_lora patched over a bitsandbytes 4-bit base."""
-    from radproto.model.kernels import _is_4bit
-
-    return [m for m in model.modules() if hasattr(m, "_radproto_plain_forward")
-            and _is_4bit(getattr(m, "base_layer", None))]
 
 
 def check_int4(gemm: Any, weight: Int4Weight, tokens: int = 16, limit: float = 2e-2) -> float:
@@ -404,7 +398,9 @@ def marlin_lora(model: Any, max_tokens: int, *, build_dir: Path | None = None
     """Serve calls of at most `max_tokens` tokens through Marlin (see the module's text);
     returns what it cost: build seconds, layers, GB. A model without LoRA layers over a
     4-bit base has nothing to convert: no build, a warning."""
-    if not _int4_candidates(model):
+    from radproto.model.kernels import lean_4bit_layers
+
+    if not lean_4bit_layers(model):
         log.warning("marlin_tokens is set but the model has no LoRA layer over a 4-bit base: "
                     "nothing served through Marlin")
         return {"build_s": 0.0, "layers": 0, "gb": 0.0}

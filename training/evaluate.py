@@ -57,10 +57,8 @@ def score_with_timing(classifier: Any, fields: list[dict[str, Any]], *, batch_si
     once for the whole file and its time spread over the orders."""
     from tqdm.auto import tqdm
 
-    from radproto.model.calibration import blend_log_probs
-
     lexical, lexical_s = None, 0.0
-    if classifier.lexical is not None and classifier.lexical_weight != 0 and fields:
+    if classifier.blended and fields:
         began = time.perf_counter()
         lexical = classifier.lexical.log_probs(fields)
         lexical_s = (time.perf_counter() - began) / len(fields)
@@ -75,7 +73,7 @@ def score_with_timing(classifier: Any, fields: list[dict[str, Any]], *, batch_si
     head = np.concatenate(heads) if heads else np.zeros((0, len(classifier.catalog)))
     if lexical is None:
         return head, per_order, None, None
-    return blend_log_probs(head, lexical, classifier.lexical_weight), per_order, head, lexical
+    return classifier.blend(head, fields, lexical), per_order, head, lexical
 
 
 def evaluate_file(model: str, data: str | Path, out_dir: str | Path, *, catalog: Catalog,
