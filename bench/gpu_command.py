@@ -161,7 +161,7 @@ def run_peer(kind: str, model_dir: Path, corpus: Path, logs: Path, *, steps: int
 
 # ---------------------------------------------------------------------------- serve
 SERVE_SCRIPT = r"""
-import json, statistics, sys, time
+import json, logging, statistics, sys, time
 import numpy as np, torch
 from radproto.model.classifier import ProtocolClassifier
 from radproto.training.orderfile import read_orders
@@ -170,6 +170,7 @@ n_orders, n_single, options = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5].sp
 compile_kernels, fold_tokens = "compile" in options, 1024 if "fold" in options else 0
 marlin_tokens = 128 if "marlin" in options else 0  # the lone order's graphs: <= 128 tokens
 batch_tokens = int(sys.argv[6])
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 if torch.cuda.is_available():
     torch.cuda.reset_peak_memory_stats()
 start = time.perf_counter()

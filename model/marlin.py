@@ -185,7 +185,9 @@ def attach_int4(model: Any, make: Any, max_tokens: int, *, group: int = GROUP
         module._radproto_int4 = make(weight)
         module._radproto_int4_tokens = int(max_tokens)
         if count == 0:
-            check_int4(module._radproto_int4, weight)
+            error = check_int4(module._radproto_int4, weight)
+            log.info("int4 GEMM self-check on %s: relative error %.2g", type(module).__name__,
+                     error)
         del weight  # the uint8 codes: twice the packed size
         size += getattr(module._radproto_int4, "gigabytes", 0.0)
         count += 1
