@@ -59,11 +59,12 @@ def load_default_classifier(settings: ServiceSettings, catalog: Any, *,
     classifier.cuda_batch_tokens = settings.scoring_batch_tokens
     # Readiness waits for this: graph capture and compilation are not the first order's.
     seconds = classifier.prepare_for_serving(compile_kernels=settings.compile_kernels,
-                                             marlin_tokens=settings.marlin_tokens)
+                                             marlin_tokens=settings.marlin_tokens,
+                                             fp8_burst=settings.fp8_burst)
     if seconds:
         log_event(log, "model_prepared", s=round(seconds, 1),
                   compile_kernels=settings.compile_kernels,
-                  marlin_tokens=settings.marlin_tokens)
+                  marlin_tokens=settings.marlin_tokens, fp8_burst=settings.fp8_burst)
     return classifier, str(uri)
 
 

@@ -65,6 +65,9 @@ class ServiceSettings(BaseSettings):
     #: an int4 copy of the LoRA-folded weights through the Marlin GEMM (model/marlin.py;
     #: needs nvcc and gptqmodel's sources; +3.3 GB on a 7B). 0: off.
     marlin_tokens: int = Field(default=0, ge=0, le=4096)
+    #: CUDA only, 4-bit base, a card with FP8 tensor cores (Ada, Hopper): batches of at
+    #: least 1,024 tokens run their GEMMs in FP8 (model/fp8.py; no extra memory).
+    fp8_burst: bool = False
     #: CUDA only: prompt tokens per batched scoring pass (padding included); see
     #: docs/benchmarks.md (gpu-command) for throughput and memory by setting.
     scoring_batch_tokens: int = Field(default=32768, ge=512)

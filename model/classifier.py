@@ -218,7 +218,8 @@ class ProtocolClassifier:
         return self._cuda_scorers["graphed"]
 
     def prepare_for_serving(self, *, compile_kernels: bool = False,
-                            fold_lora_tokens: int = 1024, marlin_tokens: int = 0) -> float:
+                            fold_lora_tokens: int = 1024, marlin_tokens: int = 0,
+                            fp8_burst: bool = False) -> float:
         """On CUDA, pay the first order's costs now: optionally compile the elementwise
         kernels (RMSNorm, SwiGLU, RoPE), capture the single-order graph of every
         prompt-length bucket and run one batch. `fold_lora_tokens`: batches of at least this
@@ -226,8 +227,9 @@ class ProtocolClassifier:
         0: off; +10% decoder throughput on an H200, bench/GPU_NOTES.md run 12).
         `marlin_tokens`: calls of at most this many tokens (the lone order's graphs) run an
         int4 copy of the folded weights through the Marlin GEMM (model/marlin.py; 0: off;
-        a second copy of the weights, 3.3 GB on a 7B). Returns the seconds spent (0
-        elsewhere)."""
+        a second copy of the weights, 3.3 GB on a 7B). `fp8_burst`: the folded calls run
+        their GEMMs in FP8 (model/fp8.py; a card with FP8 tensor cores; no extra memory).
+        Returns the seconds spent (0 elsewhere)."""
         import time
 
         if not _on_cuda(self.model):
@@ -237,6 +239,8 @@ class ProtocolClassifier:
         if compile_kernels:
             compile_elementwise(self.model)
         fold_lora(self.model, fold_lora_tokens)
+        if fp8_burst:
+            self._attach_fp8(fold_lora_tokens)
         if marlin_tokens:
             from radproto.model.marlin import marlin_lora
 
@@ -256,6 +260,20 @@ class ProtocolClassifier:
                     graphed.log_probs_one([filler] * width)
             self._cuda_log_probs([[filler] * 64] * 8)
         return time.perf_counter() - start
+
+    def _attach_fp8(self, fold_lora_tokens: int) -> None:
+        from radproto.model.fp8 import fp8_burst, fp8_supported
+
+        if not fp8_supported():
+            log.warning("fp8_burst is set but this card has no FP8 tensor cores: bursts stay "
+                        "in bf16")
+        elif not fold_lora_tokens:
+            log.warning("fp8_burst rides on the LoRA fold, which is off (fold_lora_tokens=0): "
+                        "bursts stay in bf16")
+        else:
+            layers = fp8_burst(self.model)
+            log.info("FP8 GEMMs for calls of >= %d tokens: %d layers", fold_lora_tokens,
+                     layers)
 
     def merge_for_cpu(self) -> None:
         """Score on a CPU as the service does: the adapter merged into the base weights and

@@ -186,7 +186,8 @@ def _dequantized_cpu_packed(packed: Any, state: Any, block_n: int = 32) -> Any:
 def _folded_forward(self: Any, x: Any) -> Any:
     """x @ (W + scale * B @ A)^T with W dequantised once: bitsandbytes dequantises W for every
     call of more than one token anyway, so the adapter costs one rank-r GEMM per call instead
-    of two skinny GEMMs over every token."""
+    of two skinny GEMMs over every token. With model/fp8.py's FP8 GEMM attached, the folded
+    weight and x are cast to e4m3 and multiplied on the FP8 tensor cores."""
     import torch.nn.functional as F
 
     weight = _dequantized_4bit(self.base_layer).to(x.dtype)
@@ -195,7 +196,23 @@ def _folded_forward(self: Any, x: Any) -> Any:
             weight.addmm_(self.lora_B[name].weight.to(x.dtype),
                           self.lora_A[name].weight.to(x.dtype), alpha=self.scaling[name])
     bias = self.base_layer.bias
+    fp8 = self.__dict__.get("_radproto_fp8")
+    if fp8 is not None:
+        out = fp8(x, weight)
+        return out if bias is None else out + bias.to(out.dtype)
     return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+
+
+def folded_weight(layer: Any) -> Any:
+    """A LoRA layer's effective weight, float32 [N, K]: its base (a bitsandbytes 4-bit weight
+    dequantised, or a plain one) plus scale * B @ A of every active adapter."""
+    base = layer.base_layer
+    weight = (_dequantized_4bit(base) if _is_4bit(base) else base.weight).float().clone()
+    for name in layer.active_adapters:
+        if name in layer.lora_A:
+            weight.addmm_(layer.lora_B[name].weight.float(), layer.lora_A[name].weight.float(),
+                          alpha=layer.scaling[name])
+    return weight
 
 
 def fold_lora(model: Any, min_tokens: int) -> int:
@@ -242,7 +259,8 @@ def plain_lora(model: Any) -> int:
         if hasattr(module, "_radproto_plain_forward"):
             del module.forward
             del module._radproto_plain_forward
-            for key in ("_radproto_fold_tokens", "_radproto_int4", "_radproto_int4_tokens"):
+            for key in ("_radproto_fold_tokens", "_radproto_int4", "_radproto_int4_tokens",
+                        "_radproto_fp8"):
                 module.__dict__.pop(key, None)
             count += 1
     return count

@@ -157,27 +157,13 @@ class MarlinWeight:
 
 
 # ---------------------------------------------------------------------------- the LoRA layers
-def folded_weight(layer: Any) -> Any:
-    """A LoRA layer's effective weight, float32 [N, K]: its base (a bitsandbytes 4-bit weight
-    dequantised, or a plain one) plus scale * B @ A of every active adapter."""
-    from radproto.model.kernels import _dequantized_4bit, _is_4bit
-
-    base = layer.base_layer
-    weight = (_dequantized_4bit(base) if _is_4bit(base) else base.weight).float().clone()
-    for name in layer.active_adapters:
-        if name in layer.lora_A:
-            weight.addmm_(layer.lora_B[name].weight.float(), layer.lora_A[name].weight.float(),
-                          alpha=layer.scaling[name])
-    return weight
-
-
 def attach_int4(model: Any, make: Any, max_tokens: int, *, group: int = GROUP
                 ) -> tuple[int, float]:
     """Give every LoRA layer that kernels.lean_lora patched over a 4-bit base an int4 copy of
     its folded weight, `make(Int4Weight)` (a MarlinWeight on CUDA; the Int4Weight itself is
     the reference), used for calls of at most `max_tokens` tokens. Returns (layers, GB of
     the copies)."""
-    from radproto.model.kernels import lean_4bit_layers
+    from radproto.model.kernels import folded_weight, lean_4bit_layers
 
     count, size = 0, 0.0
     for module in lean_4bit_layers(model):

@@ -76,7 +76,7 @@ def test_the_folded_weight_is_what_the_lora_layer_computes(tmp_path):
     with torch.no_grad():
         expected = layer(x)
         base_only = layer.base_layer(x)
-        folded = linear(x, marlin.folded_weight(layer))
+        folded = linear(x, kernels.folded_weight(layer))
         dequantised = linear(x, kernels._dequantized_4bit(layer.base_layer).float())
     # the adapter's part exactly (bitsandbytes' CPU kernel rounds the base part its own way)
     torch.testing.assert_close(folded - dequantised, expected - base_only, rtol=0, atol=1e-5)

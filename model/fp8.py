@@ -1,0 +1,115 @@
+"""FP8 GEMMs for bursts on CUDA: the folded 4-bit weight cast to e4m3 each call.
+
+A burst (thousands of tokens a call) is compute-bound: bitsandbytes' path (dequantise the
+NF4 weight to bf16, then a bf16 GEMM) runs within 5% of uncompressed bf16 on an H100, and
+bf16 itself tops out below 600 orders/s on a 7B (bench/GPU_NOTES.md run 21). Hopper's FP8
+tensor cores do twice the bf16 rate. So a call that takes the folded path
+(kernels.fold_lora: at least `fold_lora_tokens` tokens) may run its GEMM in FP8: the folded
+weight (W + scale * B @ A, dequantised as before) is cast to e4m3 with one scale per tensor,
+fixed at start from the folded weight's largest magnitude, and the activations with one
+scale per token, so an order's answer does not depend on the orders batched with it. No copy
+of the weights is kept (the cast is per call, like bitsandbytes' dequantisation): memory
+stays what the NF4 model holds.
+
+The rounding, measured on the shipped model (bench/quant_accuracy.py, the same rounding on
+every decoder linear layer, the calibration set): head top-1 92.8% against 93.4%, the same
+top-1 for 99.4% of orders; the blend 94.4% either way.
+
+Opt-in (setting `fp8_burst`); needs a card with FP8 tensor cores (compute capability 8.9 or
+later: Ada, Hopper); elsewhere it warns and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
+
+
+class Fp8Gemm:
+    """x @ W^T in FP8 for one layer: W's scale fixed at start, x's per token."""
+
+    def __init__(self, folded: Any, compile_casts: bool = True) -> None:
+        import torch
+
+        amax = folded.abs().amax().float().clamp(min=1e-12)
+        self.scale = (amax / E4M3_MAX).to(folded.device)  # 0-dim float32
+        self.inv_scale = 1.0 / self.scale
+        # _scaled_mm's row-wise form wants one weight scale per output: the same value
+        self.scale_rows = self.scale.expand(1, folded.shape[0]).contiguous()
+        self._cast_weight = _cast_weight_compiled if compile_casts else _cast_weight
+        self._cast_rows = _cast_rows_compiled if compile_casts else _cast_rows
+        self._torch = torch
+
+    def __call__(self, x: Any, weight: Any) -> Any:
+        """x [..., K], weight [N, K] (the folded weight this call dequantised) -> [..., N]."""
+        flat = x.reshape(-1, x.shape[-1])
+        x8, x_scale = self._cast_rows(flat)
+        w8 = self._cast_weight(weight, self.inv_scale)
+        out = self._torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=self.scale_rows,
+                                     out_dtype=x.dtype)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _cast_rows(x: Any) -> tuple[Any, Any]:
+    """Each row to e4m3 with its own scale: (fp8 [M, K], float32 scales [M, 1])."""
+    import torch
+
+    scale = (x.abs().amax(-1, keepdim=True).float() / E4M3_MAX).clamp(min=1e-12)
+    return (x.float() / scale).to(torch.float8_e4m3fn), scale
+
+
+def _cast_weight(weight: Any, inv_scale: Any) -> Any:
+    import torch
+
+    return (weight.float() * inv_scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+
+
+def _compiled(fn: Any) -> Any:
+    """fn through torch.compile at its first call (one fused kernel instead of four passes
+    over a [tokens, K] tensor), built lazily so importing this module compiles nothing."""
+    compiled: list[Any] = []
+
+    def call(*args: Any) -> Any:
+        if not compiled:
+            import torch
+
+            compiled.append(torch.compile(fn, dynamic=True))
+        return compiled[0](*args)
+
+    return call
+
+
+_cast_rows_compiled = _compiled(_cast_rows)
+_cast_weight_compiled = _compiled(_cast_weight)
+
+
+def fp8_supported() -> bool:
+    """Whether this process's CUDA card has FP8 tensor cores (compute capability >= 8.9)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+def fp8_burst(model: Any, *, compile_casts: bool = True) -> int:
+    """Give every folded LoRA layer over a 4-bit base (kernels.fold_lora) its FP8 GEMM;
+    returns how many. Layers without the fold are left alone (the fold is what dequantises
+    the weight once per call; FP8 rides on it)."""
+    import torch
+
+    from radproto.model.kernels import folded_weight, lean_4bit_layers
+
+    count = 0
+    for module in lean_4bit_layers(model):
+        if not module.__dict__.get("_radproto_fold_tokens"):
+            continue
+        # the folded weight the forward will rebuild each call, in its compute dtype
+        dtype = getattr(module.base_layer, "compute_dtype", None) or torch.bfloat16
+        folded = folded_weight(module).to(dtype)
+        module._radproto_fp8 = Fp8Gemm(folded, compile_casts=compile_casts)
+        del folded
+        count += 1
+    return count

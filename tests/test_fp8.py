@@ -1,0 +1,83 @@
+"""model/fp8.py on the CPU: torch's float8 casts and `_scaled_mm` run here as on the card
+(the casts uncompiled: torch.compile only fuses them), over a real peft LoRA layer on a real
+bitsandbytes NF4 base. The speed is a CUDA matter (bench/gpu_command.py `+fp8`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from test_marlin import _nf4_lora_model
+from test_train_support import random_prompts
+
+from radproto.model import fp8, kernels
+from radproto.model.catalog import default_catalog
+from radproto.model.cuda_scoring import BatchedScorer
+from radproto.model.head import new_head
+
+
+def _relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((out.float() - reference).abs().mean() / reference.abs().mean())
+
+
+def test_the_fp8_gemm_is_x_times_the_weight_within_e4m3_rounding():
+    torch.manual_seed(0)
+    weight = (torch.randn(96, 256) * 0.05).to(torch.bfloat16)
+    x = torch.randn(3, 5, 256).to(torch.bfloat16)
+    gemm = fp8.Fp8Gemm(weight, compile_casts=False)
+    out = gemm(x, weight)
+    assert out.shape == (3, 5, 96) and out.dtype == torch.bfloat16
+    reference = x.float() @ weight.float().T
+    # e4m3 keeps 3 mantissa bits: ~4% per product, averaging down over K
+    assert 0.005 < _relative_error(out, reference) < 0.06
+
+
+def test_each_order_is_scaled_alone_so_a_batch_does_not_change_its_answer():
+    torch.manual_seed(1)
+    weight = (torch.randn(64, 128) * 0.05).to(torch.bfloat16)
+    gemm = fp8.Fp8Gemm(weight, compile_casts=False)
+    quiet = torch.randn(4, 128).to(torch.bfloat16)
+    loud = quiet.clone()
+    loud[3] *= 1000  # one order of very different magnitude in the batch
+    alone = torch.cat([gemm(row[None], weight) for row in quiet])
+    torch.testing.assert_close(gemm(quiet, weight), alone, rtol=0, atol=0)
+    torch.testing.assert_close(gemm(loud, weight)[:3], alone[:3], rtol=0, atol=0)
+
+
+def test_the_weight_scale_maps_the_largest_weight_to_the_largest_e4m3_value():
+    weight = torch.full((16, 32), 0.01)
+    weight[2, 7] = -3.0  # an outlier: nothing overflows to inf or NaN
+    gemm = fp8.Fp8Gemm(weight, compile_casts=False)
+    cast = fp8._cast_weight(weight, gemm.inv_scale)
+    assert cast.dtype == torch.float8_e4m3fn
+    assert torch.isfinite(cast.float()).all()
+    assert float(cast.float().abs().max()) == fp8.E4M3_MAX
+    assert abs(float(gemm.scale) - 3.0 / fp8.E4M3_MAX) < 1e-9  # float32
+
+
+def test_bursts_of_folded_layers_take_fp8_and_small_calls_do_not(tmp_path):
+    model, tokenizer = _nf4_lora_model(tmp_path)
+    head = new_head(model, tokenizer, default_catalog().names)
+    pad = tokenizer.pad_token_id
+    prompts = random_prompts(31, 8, vocab=model.get_input_embeddings().weight.shape[0])
+    kernels.lean_lora(model)
+
+    def log_probs(batch):
+        return BatchedScorer(model, head, pad).log_probs(batch)
+
+    assert fp8.fp8_burst(model, compile_casts=False) == 0  # no fold yet: nothing to ride on
+    kernels.fold_lora(model, 64)
+    folded_burst, folded_one = log_probs(prompts), log_probs(prompts[:1])
+    assert fp8.fp8_burst(model, compile_casts=False) == 14  # 7 targets x 2 layers
+    calls = []
+    for module in kernels.lean_4bit_layers(model):
+        gemm = module._radproto_fp8
+        module._radproto_fp8 = lambda x, w, g=gemm: calls.append(x.numel() // x.shape[-1]) \
+            or g(x, w)
+    burst, one = log_probs(prompts), log_probs(prompts[:1])
+    assert calls and min(calls) >= 64  # only calls the fold takes
+    np.testing.assert_array_equal(one, folded_one)  # a lone order's short call: untouched
+    gap = np.abs(burst - folded_burst).max()
+    assert 0 < gap < 0.1  # rounded again, close
+    assert (burst.argmax(1) == folded_burst.argmax(1)).mean() >= 0.75
+    kernels.plain_lora(model)
+    assert not any("_radproto_fp8" in m.__dict__ for m in model.modules())
