@@ -259,6 +259,8 @@ class ProtocolClassifier:
                 for width in graphed.widths():
                     graphed.log_probs_one([filler] * width)
             self._cuda_log_probs([[filler] * 64] * 8)
+            if fp8_burst and fold_lora_tokens:  # compile the FP8 casts now, not at a burst
+                self._cuda_log_probs([[filler] * 64] * (fold_lora_tokens // 64 + 1))
         return time.perf_counter() - start
 
     def _attach_fp8(self, fold_lora_tokens: int) -> None:
