@@ -190,27 +190,24 @@ def _folded_forward(self: Any, x: Any) -> Any:
     weight and x are cast to e4m3 and multiplied on the FP8 tensor cores."""
     import torch.nn.functional as F
 
-    weight = _dequantized_4bit(self.base_layer).to(x.dtype)
-    for name in self.active_adapters:
-        if name in self.lora_A:
-            weight.addmm_(self.lora_B[name].weight.to(x.dtype),
-                          self.lora_A[name].weight.to(x.dtype), alpha=self.scaling[name])
-    bias = self.base_layer.bias
     fp8 = self.__dict__.get("_radproto_fp8")
-    if fp8 is not None:
-        out = fp8(x, weight)
-        return out if bias is None else out + bias.to(out.dtype)
-    return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+    out = fp8(x, self) if fp8 is not None else F.linear(x, folded_weight(self, x.dtype))
+    bias = self.base_layer.bias
+    return out if bias is None else out + bias.to(out.dtype)
 
 
-def folded_weight(layer: Any) -> Any:
-    """A LoRA layer's effective weight, float32 [N, K]: its base (a bitsandbytes 4-bit weight
-    dequantised, or a plain one) plus scale * B @ A of every active adapter."""
+def folded_weight(layer: Any, dtype: Any = None) -> Any:
+    """A LoRA layer's effective weight [N, K] in `dtype` (float32 by default), a new tensor:
+    its base (a bitsandbytes 4-bit weight dequantised, or a plain one) plus scale * B @ A of
+    every active adapter, added in that dtype."""
+    import torch
+
+    dtype = dtype or torch.float32
     base = layer.base_layer
-    weight = (_dequantized_4bit(base) if _is_4bit(base) else base.weight).float().clone()
+    weight = (_dequantized_4bit(base) if _is_4bit(base) else base.weight).to(dtype, copy=True)
     for name in layer.active_adapters:
         if name in layer.lora_A:
-            weight.addmm_(layer.lora_B[name].weight.float(), layer.lora_A[name].weight.float(),
+            weight.addmm_(layer.lora_B[name].weight.to(dtype), layer.lora_A[name].weight.to(dtype),
                           alpha=layer.scaling[name])
     return weight
 

@@ -1,12 +1,15 @@
 """model/fp8.py on the CPU: torch's float8 casts and `_scaled_mm` run here as on the card
 (the casts uncompiled: torch.compile only fuses them), over a real peft LoRA layer on a real
-bitsandbytes NF4 base. The speed is a CUDA matter (bench/gpu_command.py `+fp8`)."""
+bitsandbytes NF4 base; the Triton weight kernel in Triton's CPU interpreter against
+bitsandbytes' own dequantisation. The speed is a CUDA matter (bench/gpu_command.py `+fp8`)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from test_marlin import _nf4_lora_model
+from test_nf4_interpreted import run_interpreted
 from test_train_support import random_prompts
 
 from radproto.model import fp8, kernels
@@ -15,43 +18,63 @@ from radproto.model.cuda_scoring import BatchedScorer
 from radproto.model.head import new_head
 
 
+@pytest.fixture
+def lora_layer(tmp_path):
+    model, _ = _nf4_lora_model(tmp_path)
+    return model.base_model.model.model.layers[0].mlp.down_proj
+
+
 def _relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
     return float((out.float() - reference).abs().mean() / reference.abs().mean())
 
 
-def test_the_fp8_gemm_is_x_times_the_weight_within_e4m3_rounding():
-    torch.manual_seed(0)
-    weight = (torch.randn(96, 256) * 0.05).to(torch.bfloat16)
-    x = torch.randn(3, 5, 256).to(torch.bfloat16)
-    gemm = fp8.Fp8Gemm(weight, compile_casts=False)
-    out = gemm(x, weight)
-    assert out.shape == (3, 5, 96) and out.dtype == torch.bfloat16
-    reference = x.float() @ weight.float().T
-    # e4m3 keeps 3 mantissa bits: ~4% per product, averaging down over K
-    assert 0.005 < _relative_error(out, reference) < 0.06
+def test_the_fp8_gemm_is_x_times_the_folded_weight_within_e4m3_rounding(lora_layer):
+    gemm = fp8.Fp8Gemm(lora_layer, compile_casts=False, fused=False)
+    x = torch.randn(3, 5, lora_layer.in_features).to(torch.bfloat16)
+    with torch.no_grad():
+        out = gemm(x, lora_layer)
+        reference = x.float() @ kernels.folded_weight(lora_layer).T
+    assert out.shape == (3, 5, lora_layer.out_features) and out.dtype == torch.bfloat16
+    # e4m3 keeps 3 mantissa bits: a few percent per product, averaging down over K
+    assert 0.002 < _relative_error(out, reference) < 0.06
+    # the adapter is in the product (not the base alone)
+    base_only = x.float() @ kernels._dequantized_4bit(lora_layer.base_layer).float().T
+    assert _relative_error(base_only, reference) > 0.1
 
 
-def test_each_order_is_scaled_alone_so_a_batch_does_not_change_its_answer():
-    torch.manual_seed(1)
-    weight = (torch.randn(64, 128) * 0.05).to(torch.bfloat16)
-    gemm = fp8.Fp8Gemm(weight, compile_casts=False)
-    quiet = torch.randn(4, 128).to(torch.bfloat16)
+def test_each_order_is_scaled_alone_so_a_batch_does_not_change_its_answer(lora_layer):
+    gemm = fp8.Fp8Gemm(lora_layer, compile_casts=False, fused=False)
+    quiet = torch.randn(4, lora_layer.in_features).to(torch.bfloat16)
     loud = quiet.clone()
     loud[3] *= 1000  # one order of very different magnitude in the batch
-    alone = torch.cat([gemm(row[None], weight) for row in quiet])
-    torch.testing.assert_close(gemm(quiet, weight), alone, rtol=0, atol=0)
-    torch.testing.assert_close(gemm(loud, weight)[:3], alone[:3], rtol=0, atol=0)
+    with torch.no_grad():
+        alone = torch.cat([gemm(row[None], lora_layer) for row in quiet])
+        torch.testing.assert_close(gemm(quiet, lora_layer), alone, rtol=0, atol=0)
+        torch.testing.assert_close(gemm(loud, lora_layer)[:3], alone[:3], rtol=0, atol=0)
 
 
-def test_the_weight_scale_maps_the_largest_weight_to_the_largest_e4m3_value():
-    weight = torch.full((16, 32), 0.01)
-    weight[2, 7] = -3.0  # an outlier: nothing overflows to inf or NaN
-    gemm = fp8.Fp8Gemm(weight, compile_casts=False)
-    cast = fp8._cast_weight(weight, gemm.inv_scale)
-    assert cast.dtype == torch.float8_e4m3fn
+def test_the_weight_scale_maps_the_largest_folded_weight_to_e4m3s_largest(lora_layer):
+    gemm = fp8.Fp8Gemm(lora_layer, compile_casts=False, fused=False)
+    with torch.no_grad():
+        cast = gemm.weight8(lora_layer)
+        dtype = lora_layer.base_layer.compute_dtype or torch.bfloat16
+        folded = kernels.folded_weight(lora_layer, dtype).float()
+    assert cast.dtype == torch.float8_e4m3fn and cast.shape == folded.shape
     assert torch.isfinite(cast.float()).all()
     assert float(cast.float().abs().max()) == fp8.E4M3_MAX
-    assert abs(float(gemm.scale) - 3.0 / fp8.E4M3_MAX) < 1e-9  # float32
+    assert float(gemm.scale) == pytest.approx(float(folded.abs().max()) / fp8.E4M3_MAX,
+                                              rel=1e-6)
+    overflow = fp8._cast_weight(torch.tensor([[3.0, -5.0]]), torch.tensor(448.0))
+    assert overflow.float().tolist() == [[448.0, -448.0]]  # clamped, not inf or NaN
+
+
+def test_lora_operands_hold_every_adapter_scaled_and_padded_to_sixteen(lora_layer):
+    a, b = fp8.lora_operands(lora_layer, torch.float32)
+    assert a.shape == (16, lora_layer.in_features) and b.shape == (lora_layer.out_features, 16)
+    delta = kernels.folded_weight(lora_layer) \
+        - kernels._dequantized_4bit(lora_layer.base_layer).float()
+    torch.testing.assert_close(b @ a, delta, rtol=0, atol=1e-5)
+    assert delta.abs().max() > 1e-2
 
 
 def test_bursts_of_folded_layers_take_fp8_and_small_calls_do_not(tmp_path):
@@ -70,9 +93,10 @@ def test_bursts_of_folded_layers_take_fp8_and_small_calls_do_not(tmp_path):
     assert fp8.fp8_burst(model, compile_casts=False) == 14  # 7 targets x 2 layers
     calls = []
     for module in kernels.lean_4bit_layers(model):
+        assert module._radproto_fp8.fused is False  # no Triton on the CPU: torch's casts
         gemm = module._radproto_fp8
-        module._radproto_fp8 = lambda x, w, g=gemm: calls.append(x.numel() // x.shape[-1]) \
-            or g(x, w)
+        module._radproto_fp8 = lambda x, layer, g=gemm: calls.append(x.numel() // x.shape[-1]) \
+            or g(x, layer)
     burst, one = log_probs(prompts), log_probs(prompts[:1])
     assert calls and min(calls) >= 64  # only calls the fold takes
     np.testing.assert_array_equal(one, folded_one)  # a lone order's short call: untouched
@@ -81,3 +105,47 @@ def test_bursts_of_folded_layers_take_fp8_and_small_calls_do_not(tmp_path):
     assert (burst.argmax(1) == folded_burst.argmax(1)).mean() >= 0.75
     kernels.plain_lora(model)
     assert not any("_radproto_fp8" in m.__dict__ for m in model.modules())
+
+
+def test_the_triton_kernel_dequantises_folds_and_scales_like_bitsandbytes(tmp_path):
+    """Both absmax layouts, rows that do not fill a tile, ranks padded or not; float32 out
+    (the interpreter has no float8: the cast itself is torch's, tested above)."""
+    out = run_interpreted("""
+        import torch, bitsandbytes.functional as F
+        from radproto.model import fp8
+
+        torch.manual_seed(0)
+        checked = 0
+        for nested in (True, False):
+            for n, k, rank in [(96, 128, 16), (200, 576, 4), (72, 320, 32)]:
+                weight = torch.randn(n, k) * 0.1
+                packed, state = F.quantize_4bit(weight, blocksize=64, quant_type="nf4",
+                                                compress_statistics=nested)
+                param = torch.nn.Parameter(packed, requires_grad=False)
+                param.quant_state = state
+                assert fp8.nf4_layout_supported(param)
+                a = torch.zeros(max(16, rank), k)
+                b = torch.zeros(n, max(16, rank))
+                a[:rank], b[:, :rank] = torch.randn(rank, k) * 0.1, torch.randn(n, rank) * 0.1
+                folded = F.dequantize_4bit(packed, state) + b @ a
+                inv_scale = torch.tensor(fp8.E4M3_MAX) / folded.abs().max() * 1.5  # clamps
+                want = (folded * inv_scale).clamp(-fp8.E4M3_MAX, fp8.E4M3_MAX)
+                got = fp8.nf4_fold_cast(param, a, b, inv_scale, torch.empty(n, k))
+                err = (got - want).abs().max().item()
+                assert err <= 1e-3, (nested, n, k, rank, err)
+                assert (got.abs() == fp8.E4M3_MAX).any()  # the clamp acted
+                checked += 1
+        print("CHECKED", checked)
+        """, tmp_path)
+    assert "CHECKED 6" in out
+
+
+def test_a_weight_kernel_that_does_not_match_fails_the_start(lora_layer):
+    from radproto.model.errors import ModelError
+
+    gemm = fp8.Fp8Gemm(lora_layer, compile_casts=False, fused=False)
+    assert fp8.check_fused(gemm, lora_layer) == 0.0  # torch's path against itself
+    right = gemm.weight8
+    gemm.weight8 = lambda layer: (-right(layer).float()).to(torch.float8_e4m3fn)
+    with pytest.raises(ModelError, match="does not match"):
+        fp8.check_fused(gemm, lora_layer)
