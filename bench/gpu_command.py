@@ -465,7 +465,12 @@ def report(paths: list[Path], write_docs: bool) -> None:
             "their agreement says nothing (bench/GPU_NOTES.md run 21). The 17:30 run "
             "captured 32-token graph buckets, the 17:33 run 16-token buckets for both rows; "
             "the service uses 16 with Marlin, 32 without (16 held 0.3 GB more there for the "
-            "same time).")
+            "same time). Since stop 19 `+fp8` (`fp8_burst: true`) runs the folded calls "
+            "(batches of >= 1,024 tokens) through FP8 GEMMs (model/fp8.py): the 20:15 run "
+            "cast the folded bf16 weight with torch operations, the later runs with one "
+            "Triton kernel from the NF4 bytes; FP8 is one more rounding of a random model, so "
+            "single-vs-batched agreement again says nothing (the shipped model's calib "
+            "top-1 under the same rounding: bench/quant_accuracy.py).")
         dates = sorted(d.get("environment", {}).get("date", "") for d in results)
         write_section(SECTION,
                       "GPU: `radproto train`, its peers and the loaded classifier (7B, NF4)",
@@ -492,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve-settings", default="32768,32768+compile",
                    help="batch tokens per serving run, +compile for compiled kernels, +fold for "
                         "the LoRA delta folded into the dequantised weights, +marlin for "
-                        "calls of <= 128 tokens through Marlin int4 (model/marlin.py)")
+                        "calls of <= 128 tokens through Marlin int4 (model/marlin.py), +fp8 for "
+                        "the folded calls' GEMMs in FP8 (model/fp8.py)")
     p.add_argument("--serve-orders", type=int, default=512)
     p.add_argument("--serve-single", type=int, default=100)
     p.add_argument("--profile", action="store_true",
