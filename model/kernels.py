@@ -204,7 +204,10 @@ def folded_weight(layer: Any, dtype: Any = None) -> Any:
 
     dtype = dtype or torch.float32
     base = layer.base_layer
-    weight = (_dequantized_4bit(base) if _is_4bit(base) else base.weight).to(dtype, copy=True)
+    if _is_4bit(base):  # dequantising makes a new tensor: no copy on top
+        weight = _dequantized_4bit(base).to(dtype)
+    else:
+        weight = base.weight.to(dtype, copy=True)
     for name in layer.active_adapters:
         if name in layer.lora_A:
             weight.addmm_(layer.lora_B[name].weight.to(dtype), layer.lora_A[name].weight.to(dtype),

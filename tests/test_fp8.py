@@ -1,7 +1,6 @@
 """model/fp8.py on the CPU: torch's float8 casts and `_scaled_mm` run here as on the card
 (the casts uncompiled: torch.compile only fuses them), over a real peft LoRA layer on a real
-bitsandbytes NF4 base; the Triton weight kernel in Triton's CPU interpreter against
-bitsandbytes' own dequantisation. The speed is a CUDA matter (bench/gpu_command.py `+fp8`)."""
+bitsandbytes NF4 base. The speed is a CUDA matter (bench/gpu_command.py `+fp8`)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from test_marlin import _nf4_lora_model
-from test_nf4_interpreted import run_interpreted
 from test_train_support import random_prompts
 
 from radproto.model import fp8, kernels
@@ -29,7 +27,7 @@ def _relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def test_the_fp8_gemm_is_x_times_the_folded_weight_within_e4m3_rounding(lora_layer):
-    gemm = fp8.Fp8Gemm(lora_layer, compile_casts=False, fused=False)
+    gemm = fp8.Fp8Gemm(lora_layer, compile_casts=False)
     x = torch.randn(3, 5, lora_layer.in_features).to(torch.bfloat16)
     with torch.no_grad():
         out = gemm(x, lora_layer)
@@ -43,7 +41,7 @@ def test_the_fp8_gemm_is_x_times_the_folded_weight_within_e4m3_rounding(lora_lay
 
 
 def test_each_order_is_scaled_alone_so_a_batch_does_not_change_its_answer(lora_layer):
-    gemm = fp8.Fp8Gemm(lora_layer, compile_casts=False, fused=False)
+    gemm = fp8.Fp8Gemm(lora_layer, compile_casts=False)
     quiet = torch.randn(4, lora_layer.in_features).to(torch.bfloat16)
     loud = quiet.clone()
     loud[3] *= 1000  # one order of very different magnitude in the batch
@@ -54,7 +52,7 @@ def test_each_order_is_scaled_alone_so_a_batch_does_not_change_its_answer(lora_l
 
 
 def test_the_weight_scale_maps_the_largest_folded_weight_to_e4m3s_largest(lora_layer):
-    gemm = fp8.Fp8Gemm(lora_layer, compile_casts=False, fused=False)
+    gemm = fp8.Fp8Gemm(lora_layer, compile_casts=False)
     with torch.no_grad():
         cast = gemm.weight8(lora_layer)
         dtype = lora_layer.base_layer.compute_dtype or torch.bfloat16
@@ -66,15 +64,6 @@ def test_the_weight_scale_maps_the_largest_folded_weight_to_e4m3s_largest(lora_l
                                               rel=1e-6)
     overflow = fp8._cast_weight(torch.tensor([[3.0, -5.0]]), torch.tensor(448.0))
     assert overflow.float().tolist() == [[448.0, -448.0]]  # clamped, not inf or NaN
-
-
-def test_lora_operands_hold_every_adapter_scaled_and_padded_to_sixteen(lora_layer):
-    a, b = fp8.lora_operands(lora_layer, torch.float32)
-    assert a.shape == (16, lora_layer.in_features) and b.shape == (lora_layer.out_features, 16)
-    delta = kernels.folded_weight(lora_layer) \
-        - kernels._dequantized_4bit(lora_layer.base_layer).float()
-    torch.testing.assert_close(b @ a, delta, rtol=0, atol=1e-5)
-    assert delta.abs().max() > 1e-2
 
 
 def test_bursts_of_folded_layers_take_fp8_and_small_calls_do_not(tmp_path):
@@ -93,7 +82,6 @@ def test_bursts_of_folded_layers_take_fp8_and_small_calls_do_not(tmp_path):
     assert fp8.fp8_burst(model, compile_casts=False) == 14  # 7 targets x 2 layers
     calls = []
     for module in kernels.lean_4bit_layers(model):
-        assert module._radproto_fp8.fused is False  # no Triton on the CPU: torch's casts
         gemm = module._radproto_fp8
         module._radproto_fp8 = lambda x, layer, g=gemm: calls.append(x.numel() // x.shape[-1]) \
             or g(x, layer)
@@ -105,47 +93,3 @@ def test_bursts_of_folded_layers_take_fp8_and_small_calls_do_not(tmp_path):
     assert (burst.argmax(1) == folded_burst.argmax(1)).mean() >= 0.75
     kernels.plain_lora(model)
     assert not any("_radproto_fp8" in m.__dict__ for m in model.modules())
-
-
-def test_the_triton_kernel_dequantises_folds_and_scales_like_bitsandbytes(tmp_path):
-    """Both absmax layouts, rows that do not fill a tile, ranks padded or not; float32 out
-    (the interpreter has no float8: the cast itself is torch's, tested above)."""
-    out = run_interpreted("""
-        import torch, bitsandbytes.functional as F
-        from radproto.model import fp8
-
-        torch.manual_seed(0)
-        checked = 0
-        for nested in (True, False):
-            for n, k, rank in [(96, 128, 16), (200, 576, 4), (72, 320, 32)]:
-                weight = torch.randn(n, k) * 0.1
-                packed, state = F.quantize_4bit(weight, blocksize=64, quant_type="nf4",
-                                                compress_statistics=nested)
-                param = torch.nn.Parameter(packed, requires_grad=False)
-                param.quant_state = state
-                assert fp8.nf4_layout_supported(param)
-                a = torch.zeros(max(16, rank), k)
-                b = torch.zeros(n, max(16, rank))
-                a[:rank], b[:, :rank] = torch.randn(rank, k) * 0.1, torch.randn(n, rank) * 0.1
-                folded = F.dequantize_4bit(packed, state) + b @ a
-                inv_scale = torch.tensor(fp8.E4M3_MAX) / folded.abs().max() * 1.5  # clamps
-                want = (folded * inv_scale).clamp(-fp8.E4M3_MAX, fp8.E4M3_MAX)
-                got = fp8.nf4_fold_cast(param, a, b, inv_scale, torch.empty(n, k))
-                err = (got - want).abs().max().item()
-                assert err <= 1e-3, (nested, n, k, rank, err)
-                assert (got.abs() == fp8.E4M3_MAX).any()  # the clamp acted
-                checked += 1
-        print("CHECKED", checked)
-        """, tmp_path)
-    assert "CHECKED 6" in out
-
-
-def test_a_weight_kernel_that_does_not_match_fails_the_start(lora_layer):
-    from radproto.model.errors import ModelError
-
-    gemm = fp8.Fp8Gemm(lora_layer, compile_casts=False, fused=False)
-    assert fp8.check_fused(gemm, lora_layer) == 0.0  # torch's path against itself
-    right = gemm.weight8
-    gemm.weight8 = lambda layer: (-right(layer).float()).to(torch.float8_e4m3fn)
-    with pytest.raises(ModelError, match="does not match"):
-        fp8.check_fused(gemm, lora_layer)
