@@ -8,7 +8,10 @@ bitsandbytes' Linear4bit forward (dequantise to bf16, then cuBLAS) beside
   NF4 weight re-quantised (what the service would load);
 - FP8 (e4m3) `torch._scaled_mm` with per-row weight and per-token activation scales: the
   weight dequantised by bitsandbytes and cast each call (the burst path within 5 GB), and
-  pre-cast (resident fp8, an upper bound);
+  pre-cast (resident fp8, an upper bound), the casts as plain float32 operations (`fp8`);
+  and with compiled casts (`fp8t`: one scale per tensor for both; `fp8r`: per-token
+  activations, one weight scale per tensor, model/fp8.py's form): the GEMM alone, the
+  weight resident, and both cast per call from NF4;
 - GemLite (Triton low-bit kernels, `pip install gemlite`, pure Python; shipped autotune
   configs for the H100) with the same re-quantised weight: bf16 activations x int4 weights
   (A16W4) and FP8 activations x int4 weights (A8W4, dynamic per-token scales), when the
