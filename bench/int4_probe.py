@@ -118,30 +118,14 @@ def fp8_rows(t: Any) -> tuple[Any, Any]:
     return (t.float() / scale).to(torch.float8_e4m3fn), scale
 
 
-def _fp8_tensorwise() -> tuple[Any, Any]:
-    """Compiled per-tensor e4m3 quantisers (one fused kernel each, for the burst path): an
-    activation's (dynamic amax) and a weight's (a scale fixed at load)."""
+def _fp8_tensor_activation() -> Any:
+    """A compiled per-tensor e4m3 quantiser of an activation (one scale for the whole batch:
+    cuBLAS's tensor-wise form; model/fp8.py scales per token instead)."""
     import torch
 
     @torch.compile(dynamic=False)
     def activation(x: Any) -> tuple[Any, Any]:
         scale = (x.abs().amax().float() / 448.0).clamp(min=1e-12)
-        return (x.float() / scale).to(torch.float8_e4m3fn), scale
-
-    @torch.compile(dynamic=False)
-    def weight(w: Any, inv_scale: Any) -> Any:
-        return (w.float() * inv_scale).to(torch.float8_e4m3fn)
-
-    return activation, weight
-
-
-def _fp8_rowwise_activation() -> Any:
-    """A compiled per-token e4m3 quantiser: each order's scale its own (batch-independent)."""
-    import torch
-
-    @torch.compile(dynamic=False)
-    def activation(x: Any) -> tuple[Any, Any]:
-        scale = (x.abs().amax(-1, keepdim=True).float() / 448.0).clamp(min=1e-12)
         return (x.float() / scale).to(torch.float8_e4m3fn), scale
 
     return activation
@@ -221,57 +205,50 @@ def _measure(layer: Any, dense: Any, m: int, gemlite: dict[str, Any],
 
 
 def _fp8t(layer: Any, dense: Any, x: Any, row: dict[str, Any], rel_err: Any) -> None:
-    """FP8 with one scale per tensor (cuBLAS's fast FP8 path on Hopper), the quantisers
-    compiled: the kernel alone (both operands cast beforehand), the activation cast per call
-    with the weight resident in FP8 (6.5 GB on a 7B: does not fit 5 GB), and both cast per
-    call from bitsandbytes' dequantisation (what fits 5 GB)."""
+    """FP8 with the weight's one scale per tensor and the casts compiled (the weight cast and
+    the per-token activation cast are model/fp8.py's own): activations scaled per tensor
+    (`fp8t`, cuBLAS's fast form) and per token (`fp8r`, the service's); each the kernel alone
+    (both operands cast beforehand) and both cast per call from bitsandbytes'
+    dequantisation (what fits 5 GB); `fp8t` also with the weight resident in FP8 (6.5 GB on
+    a 7B: does not fit 5 GB)."""
     import bitsandbytes as bnb
     import torch
 
+    from radproto.model.fp8 import E4M3_MAX, _cast_rows_compiled, _cast_weight_compiled
+
     try:
-        quant_x, quant_w = _fp8_tensorwise()
-        w_scale = (dense.abs().amax().float() / 448.0).clamp(min=1e-12)
+        w_scale = (dense.abs().amax().float() / E4M3_MAX).clamp(min=1e-12)
         inv_w = 1.0 / w_scale
-        w8t = quant_w(dense, inv_w).t()
-        a8, a_s = quant_x(x)
+        w8t = _cast_weight_compiled(dense, inv_w).t()
+        w_rows = w_scale.expand(1, dense.shape[0]).contiguous()  # the row-wise form's
 
-        def gemm_only() -> Any:
-            return torch._scaled_mm(a8, w8t, scale_a=a_s, scale_b=w_scale,
-                                    out_dtype=torch.bfloat16)
+        def timings(prefix: str, quant_x: Any, scale_b: Any, resident: bool) -> None:
+            a8, a_s = quant_x(x)
 
-        def resident() -> Any:
-            a8_, a_s_ = quant_x(x)
-            return torch._scaled_mm(a8_, w8t, scale_a=a_s_, scale_b=w_scale,
-                                    out_dtype=torch.bfloat16)
+            def gemm_only() -> Any:
+                return torch._scaled_mm(a8, w8t, scale_a=a_s, scale_b=scale_b,
+                                        out_dtype=torch.bfloat16)
 
-        def from_nf4() -> Any:
-            w = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-            a8_, a_s_ = quant_x(x)
-            return torch._scaled_mm(a8_, quant_w(w, inv_w).t(), scale_a=a_s_,
-                                    scale_b=w_scale, out_dtype=torch.bfloat16)
+            def weight_resident() -> Any:
+                a8_, a_s_ = quant_x(x)
+                return torch._scaled_mm(a8_, w8t, scale_a=a_s_, scale_b=scale_b,
+                                        out_dtype=torch.bfloat16)
 
-        row["fp8t_rel_err"] = rel_err(from_nf4())
-        row["fp8t_gemm_ms"] = _time_ms(gemm_only)
-        row["fp8t_resident_ms"] = _time_ms(resident)
-        row["fp8t_from_nf4_ms"] = _time_ms(from_nf4)
-        # per-token activation scales, the weight's one scale per output row
-        quant_rows = _fp8_rowwise_activation()
-        w_rows = w_scale.expand(1, dense.shape[0]).contiguous()
-        r8, r_s = quant_rows(x)
+            def from_nf4() -> Any:
+                w = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+                a8_, a_s_ = quant_x(x)
+                return torch._scaled_mm(a8_, _cast_weight_compiled(w, inv_w).t(),
+                                        scale_a=a_s_, scale_b=scale_b,
+                                        out_dtype=torch.bfloat16)
 
-        def rows_gemm_only() -> Any:
-            return torch._scaled_mm(r8, w8t, scale_a=r_s, scale_b=w_rows,
-                                    out_dtype=torch.bfloat16)
+            row[f"{prefix}_rel_err"] = rel_err(from_nf4())
+            row[f"{prefix}_gemm_ms"] = _time_ms(gemm_only)
+            if resident:
+                row[f"{prefix}_resident_ms"] = _time_ms(weight_resident)
+            row[f"{prefix}_from_nf4_ms"] = _time_ms(from_nf4)
 
-        def rows_from_nf4() -> Any:
-            w = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-            r8_, r_s_ = quant_rows(x)
-            return torch._scaled_mm(r8_, quant_w(w, inv_w).t(), scale_a=r_s_, scale_b=w_rows,
-                                    out_dtype=torch.bfloat16)
-
-        row["fp8r_rel_err"] = rel_err(rows_from_nf4())
-        row["fp8r_gemm_ms"] = _time_ms(rows_gemm_only)
-        row["fp8r_from_nf4_ms"] = _time_ms(rows_from_nf4)
+        timings("fp8t", _fp8_tensor_activation(), w_scale, resident=True)
+        timings("fp8r", _cast_rows_compiled, w_rows, resident=False)
     except Exception as exc:
         row["fp8t_error"] = f"{type(exc).__name__}: {exc}"[:300]
 
