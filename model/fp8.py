@@ -42,9 +42,10 @@ class Fp8Gemm:
 
         from radproto.model.kernels import folded_weight
 
-        dtype = getattr(layer.base_layer, "compute_dtype", None) or torch.bfloat16
+        # the dtype each call rebuilds the folded weight in (bitsandbytes' compute dtype)
+        self.dtype = getattr(layer.base_layer, "compute_dtype", None) or torch.bfloat16
         with torch.no_grad():
-            folded = folded_weight(layer, dtype)  # what each call rebuilds, in its dtype
+            folded = folded_weight(layer, self.dtype)
             amax = folded.abs().amax().float().clamp(min=1e-12)
         n = folded.shape[0]
         del folded
@@ -57,12 +58,9 @@ class Fp8Gemm:
 
     def weight8(self, layer: Any) -> Any:
         """The folded weight [N, K] in e4m3, divided by the scale."""
-        import torch
-
         from radproto.model.kernels import folded_weight
 
-        dtype = getattr(layer.base_layer, "compute_dtype", None) or torch.bfloat16
-        return self._cast_weight(folded_weight(layer, dtype), self.inv_scale)
+        return self._cast_weight(folded_weight(layer, self.dtype), self.inv_scale)
 
     def __call__(self, x: Any, layer: Any) -> Any:
         """x [..., K] through `layer`'s folded weight -> [..., N] in x's dtype."""

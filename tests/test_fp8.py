@@ -7,13 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_marlin import _nf4_lora_model
-from test_train_support import random_prompts
+from test_marlin import _nf4_lora_model, lean_nf4_scorer
 
 from radproto.model import fp8, kernels
-from radproto.model.catalog import default_catalog
-from radproto.model.cuda_scoring import BatchedScorer
-from radproto.model.head import new_head
 
 
 @pytest.fixture
@@ -67,15 +63,7 @@ def test_the_weight_scale_maps_the_largest_folded_weight_to_e4m3s_largest(lora_l
 
 
 def test_bursts_of_folded_layers_take_fp8_and_small_calls_do_not(tmp_path):
-    model, tokenizer = _nf4_lora_model(tmp_path)
-    head = new_head(model, tokenizer, default_catalog().names)
-    pad = tokenizer.pad_token_id
-    prompts = random_prompts(31, 8, vocab=model.get_input_embeddings().weight.shape[0])
-    kernels.lean_lora(model)
-
-    def log_probs(batch):
-        return BatchedScorer(model, head, pad).log_probs(batch)
-
+    model, prompts, log_probs = lean_nf4_scorer(tmp_path, 31, 8)
     assert fp8.fp8_burst(model, compile_casts=False) == 0  # no fold yet: nothing to ride on
     kernels.fold_lora(model, 64)
     folded_burst, folded_one = log_probs(prompts), log_probs(prompts[:1])

@@ -84,17 +84,27 @@ def test_the_folded_weight_is_what_the_lora_layer_computes(tmp_path):
     torch.testing.assert_close(folded, expected, rtol=0, atol=1e-2 * float(expected.abs().max()))
 
 
-def test_small_inference_calls_take_the_int4_copy_and_nothing_else_does(tmp_path):
+def lean_nf4_scorer(tmp_path, length: int, count: int):
+    """The NF4 LoRA model with kernels.lean_lora's forward, `count` random prompts of
+    `length` tokens, and log_probs(prompts): one BatchedScorer call through its head."""
     model, tokenizer = _nf4_lora_model(tmp_path)
     head = new_head(model, tokenizer, default_catalog().names)
-    pad = tokenizer.pad_token_id
-    prompts = random_prompts(27, 4, vocab=model.get_input_embeddings().weight.shape[0])
+    prompts = random_prompts(length, count, vocab=model.get_input_embeddings().weight.shape[0])
     kernels.lean_lora(model)
-    lean = BatchedScorer(model, head, pad).log_probs(prompts)
+
+    def log_probs(batch):
+        return BatchedScorer(model, head, tokenizer.pad_token_id).log_probs(batch)
+
+    return model, prompts, log_probs
+
+
+def test_small_inference_calls_take_the_int4_copy_and_nothing_else_does(tmp_path):
+    model, prompts, log_probs = lean_nf4_scorer(tmp_path, 27, 4)
+    lean = log_probs(prompts)
     short = [p[:20] for p in prompts]  # one prompt a call: <= 24 tokens each
 
     def one_at_a_time():
-        return np.concatenate([BatchedScorer(model, head, pad).log_probs([p]) for p in short])
+        return np.concatenate([log_probs([p]) for p in short])
 
     exact = one_at_a_time()
     calls = []
@@ -111,10 +121,9 @@ def test_small_inference_calls_take_the_int4_copy_and_nothing_else_does(tmp_path
 
     marlin.attach_int4(model, reference, max_tokens=24, group=32)
     calls.clear()
-    BatchedScorer(model, head, pad).log_probs(prompts)  # one batch of 4 long prompts
+    log_probs(prompts)  # one batch of 4 long prompts
     assert not calls  # over the threshold: the bitsandbytes path
-    np.testing.assert_allclose(BatchedScorer(model, head, pad).log_probs(prompts), lean,
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(log_probs(prompts), lean, rtol=0, atol=1e-6)
     model.train()  # training never takes the int4 copy: the adapter learns through its own
     model(input_ids=torch.tensor([short[0]])).logits.sum().backward()
     assert not calls
