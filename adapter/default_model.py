@@ -57,6 +57,7 @@ def load_default_classifier(settings: ServiceSettings, catalog: Any, *,
         uri = default_model_uri(settings.tracking_uri)
     classifier = load_classifier(uri, catalog=catalog, tracking_uri=settings.tracking_uri)
     classifier.cuda_batch_tokens = settings.scoring_batch_tokens
+    classifier.cuda_layer_major_tokens = settings.layer_major_tokens
     # Readiness waits for this: graph capture and compilation are not the first order's.
     seconds = classifier.prepare_for_serving(compile_kernels=settings.compile_kernels,
                                              marlin_tokens=settings.marlin_tokens,

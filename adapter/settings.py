@@ -68,6 +68,12 @@ class ServiceSettings(BaseSettings):
     #: CUDA only, 4-bit base, a card with FP8 tensor cores (Ada, Hopper): batches of at
     #: least 1,024 tokens run their GEMMs in FP8 (model/fp8.py; no extra memory).
     fp8_burst: bool = False
+    #: CUDA only, 4-bit base: a burst's scoring batches run layer by layer in waves of up
+    #: to this many prompt tokens, so each decoder layer's weights are dequantised, folded
+    #: (and cast to FP8) once a wave rather than once a batch (model/scoring.py
+    #: layer_major_hidden_states; holds the wave's hidden states: 8 KB a token on a 7B).
+    #: 0: off.
+    layer_major_tokens: int = Field(default=0, ge=0)
     #: CUDA only: prompt tokens per batched scoring pass (padding included); see
     #: docs/benchmarks.md (gpu-command) for throughput and memory by setting.
     scoring_batch_tokens: int = Field(default=32768, ge=512)

@@ -170,6 +170,7 @@ n_orders, n_single, options = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5].sp
 compile_kernels, fold_tokens = "compile" in options, 1024 if "fold" in options else 0
 marlin_tokens = 128 if "marlin" in options else 0  # the lone order's graphs: <= 128 tokens
 fp8_burst = "fp8" in options
+layer_major = next((int(o[2:]) for o in options if o.startswith("lm")), 0)  # lm32768
 batch_tokens = int(sys.argv[6])
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 if torch.cuda.is_available():
@@ -184,6 +185,7 @@ peak_load = peak()
 if cuda:  # from here on: what serving holds (loading NF4 from bf16 shards peaks higher)
     torch.cuda.reset_peak_memory_stats()
 clf.cuda_batch_tokens = batch_tokens
+clf.cuda_layer_major_tokens = layer_major
 prepare_s = clf.prepare_for_serving(compile_kernels=compile_kernels,  # as the service does
                                     fold_lora_tokens=fold_tokens, marlin_tokens=marlin_tokens,
                                     fp8_burst=fp8_burst)
@@ -224,7 +226,7 @@ times.sort()
 print("SERVE", json.dumps({
     "load_seconds": round(load_s, 1), "prepare_seconds": round(prepare_s, 1),
     "compile_kernels": compile_kernels, "fold_lora_tokens": fold_tokens,
-    "marlin_tokens": marlin_tokens, "fp8_burst": fp8_burst,
+    "marlin_tokens": marlin_tokens, "fp8_burst": fp8_burst, "layer_major_tokens": layer_major,
     "batch_tokens": batch_tokens, "orders": len(rows),
     "burst_orders_per_s": round(len(rows) / min(first_s, burst_s), 1),
     "first_burst_orders_per_s": round(len(rows) / first_s, 1),

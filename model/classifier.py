@@ -134,6 +134,9 @@ class ProtocolClassifier:
         # rebuilt when the catalog (and so the head) changes.
         self.cuda_graphs = cuda_graphs
         self.cuda_batch_tokens = _CUDA_BATCH_TOKENS
+        # CUDA, LoRA fold: batches of a burst run layer by layer in waves of up to this many
+        # tokens, each layer's folded weights built once a wave (0: off; cuda_scoring.py)
+        self.cuda_layer_major_tokens = 0
         self.graph_bucket = 32  # prompt tokens per CUDA-graph bucket of the lone order
         self._cuda_scorers: dict[str, Any] = {}
         self.catalog = catalog
@@ -208,6 +211,7 @@ class ProtocolClassifier:
             batched = self._cuda_scorers["batched"] = BatchedScorer(
                 self.model, self.head, self.tokenizer.pad_token_id)
         batched.max_batch_tokens = self.cuda_batch_tokens
+        batched.layer_major_tokens = self.cuda_layer_major_tokens
         return batched.log_probs(prompts)
 
     def _graphed_scorer(self) -> GraphedScorer:
@@ -261,6 +265,9 @@ class ProtocolClassifier:
             self._cuda_log_probs([[filler] * 64] * 8)
             if fp8_burst and fold_lora_tokens:  # compile the FP8 casts now, not at a burst
                 self._cuda_log_probs([[filler] * 64] * (fold_lora_tokens // 64 + 1))
+            if self.cuda_layer_major_tokens and fold_lora_tokens:  # a two-batch wave
+                rows = min(self.cuda_layer_major_tokens, 2 * self.cuda_batch_tokens) // 64
+                self._cuda_log_probs([[filler] * 64] * rows)
         return time.perf_counter() - start
 
     def _attach_fp8(self, fold_lora_tokens: int) -> None:

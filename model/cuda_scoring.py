@@ -4,7 +4,9 @@ The maths is scoring.py's (the decoder over the right-padded prompt, the head on
 real token); what changes is how the work reaches the device:
 
 - `BatchedScorer`: prompts sorted by length and cut by a token budget, one host copy and
-  one device-to-host copy per batch;
+  one device-to-host copy per batch; with `layer_major_tokens`, up to that many tokens of
+  batches run layer by layer, each layer's folded weights built once for all of them
+  (scoring.layer_major_hidden_states);
 - `GraphedScorer`: one order at a time (the latency path) replays a CUDA graph captured
   once per prompt-length bucket, so the Python and kernel-launch overhead of every decoder
   layer is paid once at start-up, not per order. All buckets share one memory pool.
@@ -20,7 +22,12 @@ from typing import Any
 import numpy as np
 
 from radproto.model.errors import ModelError
-from radproto.model.scoring import catalog_log_softmax, length_batches, padded_ids
+from radproto.model.scoring import (
+    catalog_log_softmax,
+    layer_major_hidden_states,
+    length_batches,
+    padded_ids,
+)
 
 
 @dataclass
@@ -32,6 +39,9 @@ class BatchedScorer:
     pad_token_id: int
     max_batch_tokens: int = 32768
     max_batch: int = 512
+    #: 0: each batch through the whole decoder in turn. Else batches are gathered into
+    #: waves of up to this many padded tokens, each run layer by layer.
+    layer_major_tokens: int = 0
 
     def log_probs(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
         import torch
@@ -39,18 +49,42 @@ class BatchedScorer:
         out = np.empty((len(prompts), len(self.head.names)), dtype=np.float64)
         if not prompts:
             return out
-        device = self.head.weight.device
         lengths = [len(p) for p in prompts]
+        groups = length_batches(lengths, self.max_batch_tokens, self.max_batch)
         with torch.inference_mode():
-            for group in length_batches(lengths, self.max_batch_tokens, self.max_batch):
-                ids, lens = padded_ids([prompts[i] for i in group], self.pad_token_id)
-                if device.type == "cuda":  # pinning needs an accelerator
-                    ids = ids.pin_memory()
-                result = catalog_log_softmax(self.model, self.head,
-                                    ids.to(device, non_blocking=True),
-                                    lens.to(device, non_blocking=True))
-                out[group] = result.double().cpu().numpy()
+            for wave in self._waves(groups, lengths):
+                batches = [self._on_device([prompts[i] for i in group]) for group in wave]
+                if len(wave) == 1:
+                    results = [catalog_log_softmax(self.model, self.head, *batches[0])]
+                else:
+                    results = [torch.log_softmax(self.head(h), dim=-1)
+                               for h in layer_major_hidden_states(self.model, batches)]
+                for group, result in zip(wave, results, strict=True):
+                    out[group] = result.double().cpu().numpy()
         return out
+
+    def _waves(self, groups: list[list[int]], lengths: list[int]) -> list[list[list[int]]]:
+        """Consecutive batches whose padded tokens add up to at most layer_major_tokens."""
+        if not self.layer_major_tokens:
+            return [[group] for group in groups]
+        waves: list[list[list[int]]] = []
+        tokens = 0
+        for group in groups:
+            size = len(group) * max(lengths[i] for i in group)
+            if waves and tokens + size <= self.layer_major_tokens:
+                waves[-1].append(group)
+                tokens += size
+            else:
+                waves.append([group])
+                tokens = size
+        return waves
+
+    def _on_device(self, prompts: list[Sequence[int]]) -> tuple[Any, Any]:
+        device = self.head.weight.device
+        ids, lens = padded_ids(prompts, self.pad_token_id)
+        if device.type == "cuda":  # pinning needs an accelerator
+            ids = ids.pin_memory()
+        return ids.to(device, non_blocking=True), lens.to(device, non_blocking=True)
 
 
 class GraphedScorer:

@@ -62,13 +62,16 @@ class Fp8Gemm:
 
         return self._cast_weight(folded_weight(layer, self.dtype), self.inv_scale)
 
-    def __call__(self, x: Any, layer: Any) -> Any:
-        """x [..., K] through `layer`'s folded weight -> [..., N] in x's dtype."""
+    def __call__(self, x: Any, layer: Any, weight8: Any = None) -> Any:
+        """x [..., K] through `layer`'s folded weight -> [..., N] in x's dtype; `weight8`:
+        that weight already cast (self.weight8), else it is built for this call."""
         import torch
 
         flat = x.reshape(-1, x.shape[-1])
         x8, x_scale = self._cast_rows(flat)
-        out = torch._scaled_mm(x8, self.weight8(layer).t(), scale_a=x_scale,
+        if weight8 is None:
+            weight8 = self.weight8(layer)
+        out = torch._scaled_mm(x8, weight8.t(), scale_a=x_scale,
                                scale_b=self.scale_rows, out_dtype=x.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import inspect
 import itertools
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 VARLEN_ATTENTION = "radproto_varlen"
@@ -132,6 +133,8 @@ def _lean_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         return self._radproto_plain_forward(x, *args, **kwargs)
     import torch
 
+    if "_radproto_held_weight" in self.__dict__ and not torch.is_grad_enabled():
+        return _folded_forward(self, x)  # held_folded_weights: built once for many calls
     int4 = self.__dict__.get("_radproto_int4")  # model/marlin.py: the folded weight, int4
     if (int4 is not None and not self.training and not torch.is_grad_enabled()
             and x.numel() <= self.__dict__["_radproto_int4_tokens"] * x.shape[-1]):
@@ -187,11 +190,16 @@ def _folded_forward(self: Any, x: Any) -> Any:
     """x @ (W + scale * B @ A)^T with W dequantised once: bitsandbytes dequantises W for every
     call of more than one token anyway, so the adapter costs one rank-r GEMM per call instead
     of two skinny GEMMs over every token. With model/fp8.py's FP8 GEMM attached, the folded
-    weight and x are cast to e4m3 and multiplied on the FP8 tensor cores."""
+    weight and x are cast to e4m3 and multiplied on the FP8 tensor cores. Inside
+    `held_folded_weights` the weight built on entry serves every call."""
     import torch.nn.functional as F
 
     fp8 = self.__dict__.get("_radproto_fp8")
-    out = fp8(x, self) if fp8 is not None else F.linear(x, folded_weight(self, x.dtype))
+    held = self.__dict__.get("_radproto_held_weight")
+    if fp8 is not None:
+        out = fp8(x, self, held)
+    else:
+        out = F.linear(x, held if held is not None else folded_weight(self, x.dtype))
     bias = self.base_layer.bias
     return out if bias is None else out + bias.to(out.dtype)
 
@@ -213,6 +221,25 @@ def folded_weight(layer: Any, dtype: Any = None) -> Any:
             weight.addmm_(layer.lora_B[name].weight.to(dtype), layer.lora_A[name].weight.to(dtype),
                           alpha=layer.scaling[name])
     return weight
+
+
+@contextmanager
+def held_folded_weights(module: Any, dtype: Any) -> Iterator[int]:
+    """Build the folded weight (FP8 where model/fp8.py is attached, else `dtype`) of every
+    folded LoRA layer inside `module` once; within the block each of their inference calls
+    uses it, whatever its size, instead of dequantising and folding again. For a burst run
+    layer by layer (scoring.layer_major_hidden_states): one decoder layer's weights held
+    while all of the burst's batches pass through it. Yields how many layers."""
+    layers = [m for m in lean_4bit_layers(module) if m.__dict__.get("_radproto_fold_tokens")]
+    for layer in layers:
+        fp8 = layer.__dict__.get("_radproto_fp8")
+        layer._radproto_held_weight = (fp8.weight8(layer) if fp8 is not None
+                                       else folded_weight(layer, dtype))
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("_radproto_held_weight", None)
 
 
 def fold_lora(model: Any, min_tokens: int) -> int:
@@ -260,7 +287,7 @@ def plain_lora(model: Any) -> int:
             del module.forward
             del module._radproto_plain_forward
             for key in ("_radproto_fold_tokens", "_radproto_int4", "_radproto_int4_tokens",
-                        "_radproto_fp8"):
+                        "_radproto_fp8", "_radproto_held_weight"):
                 module.__dict__.pop(key, None)
             count += 1
     return count

@@ -48,6 +48,45 @@ def last_hidden_states(model: Any, input_ids: Any, lengths: Any) -> Any:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
 
 
+def layer_major_hidden_states(model: Any, batches: Sequence[tuple[Any, Any]]) -> list[Any]:
+    """last_hidden_states of several right-padded batches, run layer by layer: every batch
+    through decoder layer 1, then all through layer 2, ... A 4-bit model with the LoRA fold
+    (kernels.fold_lora) builds each layer's folded weights once for all the batches
+    (kernels.held_folded_weights) instead of once a batch: on a GPU that weight side (NF4
+    dequantised, LoRA folded in, cast to FP8) is ~45 ms of a 7B forward (bench/GPU_NOTES.md
+    run 23). Costs the batches' hidden states held together. Llama-family decoders
+    (embed_tokens, rotary_emb, layers, norm); the same answers as last_hidden_states."""
+    import torch
+    from transformers.masking_utils import create_causal_mask
+
+    from radproto.model.kernels import held_folded_weights
+
+    backbone, _ = split_model(model)
+    states, positions, rotary, masks = [], [], [], []
+    for ids, _lengths in batches:
+        hidden = backbone.embed_tokens(ids)
+        position = torch.arange(ids.shape[1], device=ids.device)[None]
+        states.append(hidden)
+        positions.append(position)
+        rotary.append(backbone.rotary_emb(hidden, position_ids=position))
+        masks.append(create_causal_mask(config=backbone.config, inputs_embeds=hidden,
+                                        attention_mask=None, past_key_values=None,
+                                        position_ids=position))
+    dtype = states[0].dtype if states else torch.float32
+    for layer in backbone.layers[: backbone.config.num_hidden_layers]:
+        with held_folded_weights(layer, dtype):
+            for i in range(len(states)):
+                out = layer(states[i], attention_mask=masks[i], position_ids=positions[i],
+                            position_embeddings=rotary[i], use_cache=False)
+                states[i] = out[0] if isinstance(out, tuple) else out
+    finals = []
+    for hidden, (_ids, lengths) in zip(states, batches, strict=True):
+        # RMSNorm is per position: normalise only the positions the head reads
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+        finals.append(backbone.norm(last))
+    return finals
+
+
 def _attention_implementation(backbone: Any) -> str:
     return getattr(getattr(backbone, "config", None), "_attn_implementation", "sdpa") or "sdpa"
 

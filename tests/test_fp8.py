@@ -71,8 +71,8 @@ def test_bursts_of_folded_layers_take_fp8_and_small_calls_do_not(tmp_path):
     calls = []
     for module in kernels.lean_4bit_layers(model):
         gemm = module._radproto_fp8
-        module._radproto_fp8 = lambda x, layer, g=gemm: calls.append(x.numel() // x.shape[-1]) \
-            or g(x, layer)
+        module._radproto_fp8 = lambda x, layer, held, g=gemm: calls.append(
+            x.numel() // x.shape[-1]) or g(x, layer, held)
     burst, one = log_probs(prompts), log_probs(prompts[:1])
     assert calls and min(calls) >= 64  # only calls the fold takes
     np.testing.assert_array_equal(one, folded_one)  # a lone order's short call: untouched
