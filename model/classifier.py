@@ -300,7 +300,12 @@ class ProtocolClassifier:
         fields_list = [_fields(o) for o in orders]
         if not fields_list:
             return []
-        probs = self.probabilities(self.catalog_log_probs(fields_list))
+        return self.suggestions(orders, self.probabilities(self.catalog_log_probs(fields_list)))
+
+    def suggestions(self, orders: Sequence[Order | Mapping[str, Any]],
+                    probs: np.ndarray) -> list[Suggestion]:
+        """A Suggestion per order from its calibrated probabilities (`probabilities`), on the
+        host: ranking, the choice, abstention (split out so benchmarks time it alone)."""
         names = self._catalog.names
         suggestions = []
         for order, row in zip(orders, probs, strict=True):
