@@ -68,7 +68,7 @@ from radproto.model.model_dir import FORMAT_VERSION, MODEL_FILE, model_version, 
 from radproto.model.order import Order
 from radproto.model.prompt import PROMPT_VERSION
 from radproto.model.scoring import head_log_probs, mask_capable_attention
-from radproto.model.suggestion import ProtocolScore, Suggestion
+from radproto.model.suggestion import Suggestion, ranked_scores
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
@@ -309,9 +309,7 @@ class ProtocolClassifier:
         names = self._catalog.names
         suggestions = []
         for order, row in zip(orders, probs, strict=True):
-            ranked = np.argsort(-row, kind="stable")
-            scores = tuple(ProtocolScore(protocol=names[i], probability=float(row[i]))
-                           for i in ranked)
+            scores = ranked_scores(names, row)
             confidence = scores[0].probability
             reason = abstain_reason(confidence, self.abstain_threshold)
             suggestions.append(Suggestion(

@@ -261,3 +261,15 @@ def test_scoring_under_other_attention_implementations(classifier, implementatio
     finally:
         set_attention(classifier.model, "sdpa")
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_ranked_scores_put_every_protocol_in_probability_order_ties_in_catalog_order():
+    from radproto.model.suggestion import ProtocolScore, ranked_scores
+
+    names = ("A", "B", "C", "D")
+    scores = ranked_scores(names, np.array([0.2, 0.4, 0.2, 0.2]))
+    assert all(isinstance(s, ProtocolScore) for s in scores)
+    assert [s.protocol for s in scores] == ["B", "A", "C", "D"]  # the three ties: A, C, D
+    assert [s.probability for s in scores] == [0.4, 0.2, 0.2, 0.2]
+    with pytest.raises(ValueError):  # still validated: a name must be a string
+        ranked_scores((1, 2), np.array([0.5, 0.5]))
