@@ -35,7 +35,7 @@ from radproto.model.calibration import (
 )
 from radproto.model.catalog import Catalog
 from radproto.model.cuda_scoring import BatchedScorer, GraphedScorer
-from radproto.model.encoding import prompt_token_ids
+from radproto.model.encoding import batch_prompt_token_ids, prompt_token_ids
 from radproto.model.errors import ModelError
 from radproto.model.head import (
     head_for_catalog,
@@ -192,8 +192,7 @@ class ProtocolClassifier:
     def head_log_probs(self, fields_list: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """[n, n_protocols] the protocol head's log-probabilities alone: one forward pass
         per batch of prompts, the head on the last token."""
-        prompts = [prompt_token_ids(self.tokenizer, f, self.config.max_length)
-                   for f in fields_list]
+        prompts = batch_prompt_token_ids(self.tokenizer, fields_list, self.config.max_length)
         with _eval_mode(self.model), mask_capable_attention(self.model):
             if _on_cuda(self.model):
                 return self._cuda_log_probs(prompts)

@@ -109,6 +109,16 @@ def test_prompt_ends_at_the_cue_and_a_long_prompt_keeps_it(tokenizer):
     assert tokenizer.decode(cut).startswith(tokenizer.decode(ids[:3]))
 
 
+def test_a_batch_of_prompts_is_tokenized_as_each_alone(tokenizer):
+    from radproto.model.encoding import batch_prompt_token_ids
+
+    fields_list = [FIELDS[0], LONG, {}, FIELDS[0]]  # a cut one and an all-"none" one among them
+    batch = batch_prompt_token_ids(tokenizer, fields_list, MAX_LENGTH)
+    assert batch == [prompt_token_ids(tokenizer, f, MAX_LENGTH) for f in fields_list]
+    assert len(batch[1]) == MAX_LENGTH and len(batch[0]) < MAX_LENGTH
+    assert batch_prompt_token_ids(tokenizer, [], MAX_LENGTH) == []
+
+
 def test_training_and_scoring_see_the_same_tokens(classifier, tokenizer, catalog, monkeypatch):
     """What the scorer feeds the model is exactly what training encodes for the same rows."""
     fields_list = [FIELDS[0], LONG]

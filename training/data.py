@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from radproto.model.catalog import Catalog
-from radproto.model.encoding import prompt_token_ids
+from radproto.model.encoding import batch_prompt_token_ids
 from radproto.model.errors import ConfigError
 from radproto.training.config import TrainConfig
 
@@ -138,5 +138,6 @@ def encode_rows(tokenizer: Any, rows: Sequence[dict[str, Any]], catalog: Catalog
                 max_length: int) -> list[dict[str, Any]]:
     """Training examples: the prompt's token ids and the label's index in the catalog."""
     index = {name: i for i, name in enumerate(catalog.names)}
-    return [{"input_ids": prompt_token_ids(tokenizer, row, max_length),
-             "label": index[row["label"]]} for row in rows]
+    prompts = batch_prompt_token_ids(tokenizer, rows, max_length)
+    return [{"input_ids": ids, "label": index[row["label"]]}
+            for ids, row in zip(prompts, rows, strict=True)]
