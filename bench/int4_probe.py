@@ -154,7 +154,6 @@ def baseline_row(layer: Any, dense: Any, m: int) -> tuple[Any, Any, dict[str, An
 
 def _measure(layer: Any, dense: Any, m: int, gemlite: dict[str, Any],
              skip: set[str]) -> dict[str, Any]:
-    import bitsandbytes as bnb
     import torch
 
     x, rel_err, row = baseline_row(layer, dense, m)
@@ -180,75 +179,68 @@ def _measure(layer: Any, dense: Any, m: int, gemlite: dict[str, Any],
             _fp8t(layer, dense, x, row, rel_err)
         if "fp8" in skip:
             return row
-        try:
-            w8, ws = fp8_rows(dense)
-            wt, wst = w8.t(), ws.t().contiguous()
-
-            def fp8_resident() -> Any:
-                a8, a_s = fp8_rows(x)
-                return torch._scaled_mm(a8, wt, scale_a=a_s, scale_b=wst,
-                                        out_dtype=torch.bfloat16)
-
-            def fp8_from_nf4() -> Any:
-                w = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-                w8_, ws_ = fp8_rows(w)
-                a8, a_s = fp8_rows(x)
-                return torch._scaled_mm(a8, w8_.t(), scale_a=a_s, scale_b=ws_.t().contiguous(),
-                                        out_dtype=torch.bfloat16)
-
-            row["fp8_rel_err"] = rel_err(fp8_resident())
-            row["fp8_resident_ms"] = _time_ms(fp8_resident)
-            row["fp8_from_nf4_ms"] = _time_ms(fp8_from_nf4)
+        try:  # the first form: per-row scales for both, cast by plain float32 operations
+            _fp8_timings(row, "fp8", layer, dense, x, rel_err, fp8_rows, _fp8_rows_weight,
+                         gemm_alone=False, resident=True, error_from_nf4=False)
         except Exception as exc:
             row["fp8_error"] = f"{type(exc).__name__}: {exc}"[:200]
     return row
 
 
-def _fp8t(layer: Any, dense: Any, x: Any, row: dict[str, Any], rel_err: Any) -> None:
-    """FP8 with the weight's one scale per tensor and the casts compiled (the weight cast and
-    the per-token activation cast are model/fp8.py's own): activations scaled per tensor
-    (`fp8t`, cuBLAS's fast form) and per token (`fp8r`, the service's); each the kernel alone
-    (both operands cast beforehand) and both cast per call from bitsandbytes'
-    dequantisation (what fits 5 GB); `fp8t` also with the weight resident in FP8 (6.5 GB on
-    a 7B: does not fit 5 GB)."""
+def _fp8_rows_weight(weight: Any) -> tuple[Any, Any]:
+    """A weight [N, K] cast per row for `_scaled_mm`'s second operand: (W8^T, scales [1, N])."""
+    w8, scale = fp8_rows(weight)
+    return w8.t(), scale.t().contiguous()
+
+
+def _fp8_timings(row: dict[str, Any], prefix: str, layer: Any, dense: Any, x: Any,
+                 rel_err: Any, quant_x: Any, quant_w: Any, *, gemm_alone: bool,
+                 resident: bool, error_from_nf4: bool = True) -> None:
+    """x @ W^T through `torch._scaled_mm` for one way of casting: quant_x(x) -> (x8,
+    scale_a), quant_w(W) -> (W8^T, scale_b). Writes {prefix}_rel_err (W cast from NF4's
+    float32 dequantisation, or with `error_from_nf4=False` from the bf16 `dense`), _gemm_ms
+    (both operands cast beforehand), _resident_ms (W cast once, x per call) and _from_nf4_ms
+    (both per call, W from bitsandbytes' dequantisation: what fits 5 GB)."""
     import bitsandbytes as bnb
     import torch
 
+    def gemm(a: tuple[Any, Any], w: tuple[Any, Any]) -> Any:
+        return torch._scaled_mm(a[0], w[0], scale_a=a[1], scale_b=w[1],
+                                out_dtype=torch.bfloat16)
+
+    x_cast, w_cast = quant_x(x), quant_w(dense)
+
+    def from_nf4() -> Any:
+        w = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        return gemm(quant_x(x), quant_w(w))
+
+    row[f"{prefix}_rel_err"] = rel_err(from_nf4() if error_from_nf4
+                                       else gemm(quant_x(x), w_cast))
+    if gemm_alone:
+        row[f"{prefix}_gemm_ms"] = _time_ms(lambda: gemm(x_cast, w_cast))
+    if resident:
+        row[f"{prefix}_resident_ms"] = _time_ms(lambda: gemm(quant_x(x), w_cast))
+    row[f"{prefix}_from_nf4_ms"] = _time_ms(from_nf4)
+
+
+def _fp8t(layer: Any, dense: Any, x: Any, row: dict[str, Any], rel_err: Any) -> None:
+    """FP8 with the weight's one scale per tensor (fixed from the dequantised weight, as the
+    service fixes it at start) and the casts compiled (the weight cast and the per-token
+    activation cast are model/fp8.py's own): activations scaled per tensor (`fp8t`, cuBLAS's
+    fast form) and per token (`fp8r`, the service's); `fp8t` also with the weight resident
+    in FP8 (6.5 GB on a 7B: does not fit 5 GB)."""
     from radproto.model.fp8 import E4M3_MAX, _cast_rows_compiled, _cast_weight_compiled
 
     try:
         w_scale = (dense.abs().amax().float() / E4M3_MAX).clamp(min=1e-12)
         inv_w = 1.0 / w_scale
-        w8t = _cast_weight_compiled(dense, inv_w).t()
         w_rows = w_scale.expand(1, dense.shape[0]).contiguous()  # the row-wise form's
-
-        def timings(prefix: str, quant_x: Any, scale_b: Any, resident: bool) -> None:
-            a8, a_s = quant_x(x)
-
-            def gemm_only() -> Any:
-                return torch._scaled_mm(a8, w8t, scale_a=a_s, scale_b=scale_b,
-                                        out_dtype=torch.bfloat16)
-
-            def weight_resident() -> Any:
-                a8_, a_s_ = quant_x(x)
-                return torch._scaled_mm(a8_, w8t, scale_a=a_s_, scale_b=scale_b,
-                                        out_dtype=torch.bfloat16)
-
-            def from_nf4() -> Any:
-                w = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-                a8_, a_s_ = quant_x(x)
-                return torch._scaled_mm(a8_, _cast_weight_compiled(w, inv_w).t(),
-                                        scale_a=a_s_, scale_b=scale_b,
-                                        out_dtype=torch.bfloat16)
-
-            row[f"{prefix}_rel_err"] = rel_err(from_nf4())
-            row[f"{prefix}_gemm_ms"] = _time_ms(gemm_only)
-            if resident:
-                row[f"{prefix}_resident_ms"] = _time_ms(weight_resident)
-            row[f"{prefix}_from_nf4_ms"] = _time_ms(from_nf4)
-
-        timings("fp8t", _fp8_tensor_activation(), w_scale, resident=True)
-        timings("fp8r", _cast_rows_compiled, w_rows, resident=False)
+        _fp8_timings(row, "fp8t", layer, dense, x, rel_err, _fp8_tensor_activation(),
+                     lambda w: (_cast_weight_compiled(w, inv_w).t(), w_scale),
+                     gemm_alone=True, resident=True)
+        _fp8_timings(row, "fp8r", layer, dense, x, rel_err, _cast_rows_compiled,
+                     lambda w: (_cast_weight_compiled(w, inv_w).t(), w_rows),
+                     gemm_alone=True, resident=False)
     except Exception as exc:
         row["fp8t_error"] = f"{type(exc).__name__}: {exc}"[:300]
 
