@@ -37,10 +37,12 @@ def _scorer(burst, layer_major_tokens):
                          layer_major_tokens=layer_major_tokens)
 
 
-def _count_builds(monkeypatch, name="folded_weight"):
+def _count_builds(monkeypatch):
+    """A list that grows by one each time a folded weight is built."""
     calls = []
-    original = getattr(kernels, name)
-    monkeypatch.setattr(kernels, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = kernels.folded_weight
+    monkeypatch.setattr(kernels, "folded_weight",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
     return calls
 
 
