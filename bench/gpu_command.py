@@ -207,6 +207,10 @@ peak_batched = peak()
 head_s = min(timed(lambda: clf.head_log_probs(rows))[0] for _ in range(3))
 probs = clf.probabilities(clf.catalog_log_probs(rows))
 host_s = min(timed(lambda: clf.suggestions(rows, probs))[0] for _ in range(3))
+from radproto.model.encoding import batch_prompt_token_ids
+tokenise_s = min(timed(lambda: batch_prompt_token_ids(clf.tokenizer, rows,
+                                                      clf.config.max_length))[0]
+                 for _ in range(3))
 if cuda and len(sys.argv) > 7 and sys.argv[7]:
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -214,6 +218,13 @@ if cuda and len(sys.argv) > 7 and sys.argv[7]:
         sync()
     with open(sys.argv[7], "w") as f:
         f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+    import cProfile, io, pstats  # the host's side of one warm burst, by own time
+    host_profile = cProfile.Profile()
+    host_profile.runcall(lambda: (clf.score_orders(rows), sync()))
+    text = io.StringIO()
+    pstats.Stats(host_profile, stream=text).sort_stats("tottime").print_stats(30)
+    with open(sys.argv[7].replace(".txt", "_host.txt"), "w") as f:
+        f.write(text.getvalue())
 times, singles = [], []
 for row in rows[:n_single]:
     sync()
@@ -235,6 +246,7 @@ print("SERVE", json.dumps({
     "first_burst_orders_per_s": round(len(rows) / first_s, 1),
     "head_orders_per_s": round(len(rows) / head_s, 1),
     "warm_bursts_s": [round(t, 3) for t, _ in warm], "suggestions_ms": round(host_s * 1000, 1),
+    "tokenise_ms": round(tokenise_s * 1000, 1),
     "single_p50_ms": round(statistics.median(times), 2),
     "single_p95_ms": round(times[int(0.95 * (len(times) - 1))], 2),
     "graph_buckets": len(clf._cuda_scorers["graphed"].graphs) if cuda else 0,
@@ -252,7 +264,8 @@ def run_serve(model_dir: Path, corpus: Path, logs: Path, *, n_orders: int,
               profile: Path | None = None) -> dict[str, Any]:
     """Load the saved model as the service does and score a burst, then single orders
     (a fresh process each time: its peak memory is the serving process's); `profile`: where
-    to write the CUDA profile of one 128-order batch."""
+    to write the CUDA profile of one 128-order batch (and `*_host.txt`: cProfile of one
+    warm burst, by own time)."""
     proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, str(model_dir), str(corpus),
                            str(n_orders), str(n_single), ",".join(options) or "-",
                            str(batch_tokens), str(profile or "")],
