@@ -232,10 +232,13 @@ class ProtocolClassifier:
         int4 copy of the folded weights through the Marlin GEMM (model/marlin.py; 0: off;
         a second copy of the weights, 3.3 GB on a 7B). `fp8_burst`: the folded calls run
         their GEMMs in FP8 (model/fp8.py; a card with FP8 tensor cores; no extra memory).
+        On every device, the objects built so far (the loaded model's ~650k on a 7B) then
+        leave the garbage collector's full passes (`freeze_loaded_objects`).
         Returns the seconds spent (0 elsewhere)."""
         import time
 
         if not _on_cuda(self.model):
+            freeze_loaded_objects()
             return 0.0
         start = time.perf_counter()
         offload_output_embeddings(self.model)  # the head reads hidden states: 0.4 GB on a 7B
@@ -267,6 +270,7 @@ class ProtocolClassifier:
             if self.cuda_layer_major_tokens and fold_lora_tokens:  # a two-batch wave
                 rows = min(self.cuda_layer_major_tokens, 2 * self.cuda_batch_tokens) // 64
                 self._cuda_log_probs([[filler] * 64] * rows)
+        freeze_loaded_objects()
         return time.perf_counter() - start
 
     def _attach_fp8(self, fold_lora_tokens: int) -> None:
@@ -454,6 +458,22 @@ def _on_cuda(model: Any) -> bool:
         return next(model.parameters()).is_cuda
     except (StopIteration, AttributeError):
         return False
+
+
+def freeze_loaded_objects() -> None:
+    """Move every object alive now into the garbage collector's permanent generation.
+
+    A loaded model is hundreds of thousands of long-lived Python objects (modules,
+    parameters, compiled graphs: ~650k for a 7B with compiled kernels). Each full collection
+    walks them all: ~300 ms on an H100 host's CPU, every third burst of 512 orders (bursts of
+    0.79 s took 1.10 s; frozen, every burst took 0.79-0.82 s: bench/GPU_NOTES.md run 27).
+    Called once a model is ready; unfreezing first lets a collection free what an earlier
+    model left in reference cycles (a model swap keeps the old one frozen until the next)."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _fields(order: Order | Mapping[str, Any]) -> Mapping[str, Any]:
