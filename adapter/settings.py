@@ -72,9 +72,10 @@ class ServiceSettings(BaseSettings):
     #: to this many prompt tokens, so each decoder layer's weights are dequantised, folded
     #: (and cast to FP8) once a wave rather than once a batch (model/scoring.py
     #: layer_major_hidden_states; holds the wave's hidden states: 8 KB a token on a 7B).
-    #: 0: off. On an H100 with fp8_burst, 65536 with scoring_batch_tokens 3072 did 632
-    #: orders/s in the decoder at 4.95 GB (bench/GPU_NOTES.md run 26); batches under ~3,000
-    #: tokens lose (each layer's call is paid once a batch).
+    #: 0: off. On an H100 with fp8_burst and compile_kernels, 65536 with
+    #: scoring_batch_tokens 3072 scored a 512-order burst end to end at 644-648 orders/s
+    #: in 4.95 GB (bench/GPU_NOTES.md run 27: issue 15's burst recipe); batches under
+    #: ~2,500 tokens lose (each layer's call is paid once a batch).
     layer_major_tokens: int = Field(default=0, ge=0)
     #: CUDA only: prompt tokens per batched scoring pass (padding included); see
     #: docs/benchmarks.md (gpu-command) for throughput and memory by setting.

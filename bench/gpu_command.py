@@ -161,7 +161,7 @@ def run_peer(kind: str, model_dir: Path, corpus: Path, logs: Path, *, steps: int
 
 # ---------------------------------------------------------------------------- serve
 SERVE_SCRIPT = r"""
-import json, logging, statistics, sys, time
+import gc, json, logging, statistics, sys, time
 import numpy as np, torch
 from radproto.model.classifier import ProtocolClassifier
 from radproto.training.orderfile import read_orders
@@ -247,6 +247,7 @@ print("SERVE", json.dumps({
     "head_orders_per_s": round(len(rows) / head_s, 1),
     "warm_bursts_s": [round(t, 3) for t, _ in warm], "suggestions_ms": round(host_s * 1000, 1),
     "tokenise_ms": round(tokenise_s * 1000, 1),
+    "gc_frozen": gc.get_freeze_count() > 0,  # prepare_for_serving's freeze_loaded_objects
     "single_p50_ms": round(statistics.median(times), 2),
     "single_p95_ms": round(times[int(0.95 * (len(times) - 1))], 2),
     "graph_buckets": len(clf._cuda_scorers["graphed"].graphs) if cuda else 0,
@@ -380,9 +381,13 @@ def render(results: list[dict[str, Any]]) -> str:
                                 if serve.get("marlin_tokens") else "")
                 + ("; FP8 GEMMs" if serve.get("fp8_burst") else "")
                 + (f"; layer-major waves of {serve['layer_major_tokens']:,} tokens"
-                   if serve.get("layer_major_tokens") else ""),
+                   if serve.get("layer_major_tokens") else "")
+                + ("; loaded objects frozen" if serve.get("gc_frozen") else ""),
                 f"{serve['load_seconds']} s + {serve['prepare_seconds']} s",
-                _n(serve["burst_orders_per_s"], 1), _n(serve.get("head_orders_per_s"), 1),
+                _n(serve["burst_orders_per_s"], 1)
+                + (" (warm bursts " + " / ".join(f"{t:.2f}" for t in serve["warm_bursts_s"])
+                   + " s)" if serve.get("warm_bursts_s") else ""),
+                _n(serve.get("head_orders_per_s"), 1),
                 f"{serve['single_p50_ms']} / {serve['single_p95_ms']} ms",
                 f"max abs. Δp {serve['single_vs_batched_max_abs_dp']}, top-1 agree "
                 f"{serve['single_vs_batched_top1_agreement']:.0%}",
@@ -450,7 +455,8 @@ def _setting(serve: dict[str, Any]) -> str:
     return (f"{serve['batch_tokens']} batch tokens"
             + ("; FP8 GEMMs" if serve.get("fp8_burst") else "")
             + (f"; layer-major {serve['layer_major_tokens']}" if serve.get("layer_major_tokens")
-               else ""))
+               else "")
+            + ("; loaded objects frozen" if serve.get("gc_frozen") else ""))
 
 
 def report(paths: list[Path], write_docs: bool) -> None:
@@ -510,7 +516,14 @@ def report(paths: list[Path], write_docs: bool) -> None:
             "slower than the 20:15 run's (its training row 2,205 against 2,975 tokens/s) and "
             "its `score_orders` spent 0.2-0.3 s more than `head_log_probs` on the same burst. "
             "Files after it time the best of three warm bursts (the first apart) and the "
-            "suggestions alone (`suggestions_ms` in the JSON).")
+            "suggestions alone (`suggestions_ms` in the JSON). Since stop 21 they also time "
+            "the burst's tokenising alone (`tokenise_ms`), and rows marked `loaded objects "
+            "frozen` ran with `prepare_for_serving` moving the loaded model's objects out "
+            "of the garbage collector's full passes (`freeze_loaded_objects`): before it, "
+            "one warm burst in three of the 00:02 and 00:05 runs took ~1.1 s instead of "
+            "0.79 (a full collection over ~650k objects, ~300 ms; bench/GPU_NOTES.md run "
+            "27), which the best of three hid; the warm bursts of each row are in the JSON "
+            "(`warm_bursts_s`).")
         dates = sorted(d.get("environment", {}).get("date", "") for d in results)
         write_section(SECTION,
                       "GPU: `radproto train`, its peers and the loaded classifier (7B, NF4)",
