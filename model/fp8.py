@@ -68,12 +68,31 @@ class Fp8Gemm:
         import torch
 
         flat = x.reshape(-1, x.shape[-1])
-        x8, x_scale = self._cast_rows(flat)
+        x8, x_scale = _rows_cast_once(x, flat, self._cast_rows)
         if weight8 is None:
             weight8 = self.weight8(layer)
         out = torch._scaled_mm(x8, weight8.t(), scale_a=x_scale,
                                scale_b=self.scale_rows, out_dtype=x.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+#: q, k and v read one input, and so do gate and up: the first projection's cast of it
+#: serves the others (a Llama layer then casts 4 inputs, not 7: fewer kernel launches on a
+#: burst that is near host-bound). False: every call casts its own (benchmarks compare).
+SHARE_INPUT_CASTS = True
+
+
+def _rows_cast_once(x: Any, flat: Any, cast: Any) -> tuple[Any, Any]:
+    """cast(flat), kept on the input tensor itself, so it lives exactly as long as the
+    input and a later projection of the same tensor reuses it. No version check: a forward
+    does not write to a layer input between the projections that read it (and inference
+    tensors keep no version counter)."""
+    if not SHARE_INPUT_CASTS:
+        return cast(flat)
+    rows = x.__dict__.get("_radproto_fp8_rows")
+    if rows is None:
+        rows = x._radproto_fp8_rows = cast(flat)
+    return rows
 
 
 def _cast_rows(x: Any) -> tuple[Any, Any]:

@@ -81,3 +81,24 @@ def test_bursts_of_folded_layers_take_fp8_and_small_calls_do_not(tmp_path):
     assert (burst.argmax(1) == folded_burst.argmax(1)).mean() >= 0.75
     kernels.plain_lora(model)
     assert not any("_radproto_fp8" in m.__dict__ for m in model.modules())
+
+
+def test_projections_of_one_input_share_its_cast(tmp_path, monkeypatch):
+    """q, k and v read one tensor, gate and up another: with SHARE_INPUT_CASTS a decoder
+    layer casts 4 inputs instead of 7, and the answers are bit-identical."""
+    model, prompts, log_probs = lean_nf4_scorer(tmp_path, 31, 8)
+    kernels.fold_lora(model, 64)
+    assert fp8.fp8_burst(model, compile_casts=False) == 14  # 7 targets x 2 layers
+    casts = []
+    for module in kernels.lean_4bit_layers(model):
+        gemm = module._radproto_fp8
+        gemm._cast_rows = lambda flat, cast=gemm._cast_rows: casts.append(1) or cast(flat)
+
+    monkeypatch.setattr(fp8, "SHARE_INPUT_CASTS", False)
+    each_its_own = log_probs(prompts)
+    assert len(casts) == 14  # one batch, two layers, every projection casts
+    casts.clear()
+    monkeypatch.setattr(fp8, "SHARE_INPUT_CASTS", True)
+    shared = log_probs(prompts)
+    assert len(casts) == 8  # per layer: q/k/v once, o, gate/up once, down
+    np.testing.assert_array_equal(shared, each_its_own)
