@@ -172,9 +172,9 @@ marlin_tokens = 128 if "marlin" in options else 0  # the lone order's graphs: <=
 fp8_burst = "fp8" in options
 layer_major = next((int(o[2:]) for o in options if o.startswith("lm")), 0)  # lm32768
 batch_tokens = int(sys.argv[6])
-if "nocastshare" in options:  # every FP8 projection casts its own input (as before stop 21)
+if "castshare" in options:  # FP8 projections of one input share its cast (model/fp8.py)
     import radproto.model.fp8
-    radproto.model.fp8.SHARE_INPUT_CASTS = False
+    radproto.model.fp8.SHARE_INPUT_CASTS = True
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 if torch.cuda.is_available():
     torch.cuda.reset_peak_memory_stats()
@@ -251,7 +251,7 @@ print("SERVE", json.dumps({
     "warm_bursts_s": [round(t, 3) for t, _ in warm], "suggestions_ms": round(host_s * 1000, 1),
     "tokenise_ms": round(tokenise_s * 1000, 1),
     "gc_frozen": gc.get_freeze_count() > 0,  # prepare_for_serving's freeze_loaded_objects
-    "fp8_input_casts_shared": fp8_burst and "nocastshare" not in options,
+    "fp8_input_casts_shared": fp8_burst and "castshare" in options,
     "single_p50_ms": round(statistics.median(times), 2),
     "single_p95_ms": round(times[int(0.95 * (len(times) - 1))], 2),
     "graph_buckets": len(clf._cuda_scorers["graphed"].graphs) if cuda else 0,
@@ -384,8 +384,8 @@ def render(results: list[dict[str, Any]]) -> str:
                  else "off") + (f"; Marlin int4 up to {serve['marlin_tokens']} tokens"
                                 if serve.get("marlin_tokens") else "")
                 + ("; FP8 GEMMs" if serve.get("fp8_burst") else "")
-                + ("; each projection casts its own input"
-                   if serve.get("fp8_input_casts_shared") is False else "")
+                + ("; projections share their input's cast"
+                   if serve.get("fp8_input_casts_shared") else "")
                 + (f"; layer-major waves of {serve['layer_major_tokens']:,} tokens"
                    if serve.get("layer_major_tokens") else "")
                 + ("; loaded objects frozen" if serve.get("gc_frozen") else ""),

@@ -76,10 +76,13 @@ class Fp8Gemm:
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-#: q, k and v read one input, and so do gate and up: the first projection's cast of it
-#: serves the others (a Llama layer then casts 4 inputs, not 7: fewer kernel launches on a
-#: burst that is near host-bound). False: every call casts its own (benchmarks compare).
-SHARE_INPUT_CASTS = True
+#: q, k and v read one input, and so do gate and up: with this on, the first projection's
+#: cast of it serves the others (a Llama layer casts 4 inputs, not 7: fewer kernel launches
+#: on a burst that is near host-bound, bench/GPU_NOTES.md run 27), and the cast lives as
+#: long as its input (+1 byte a token per hidden unit at the MLP: 12.6 MB for a 3,072-token
+#: batch of a 7B). Off until a card has timed it (bench option `+castshare`): the burst
+#: figures in the README were measured without it.
+SHARE_INPUT_CASTS = False
 
 
 def _rows_cast_once(x: Any, flat: Any, cast: Any) -> tuple[Any, Any]:

@@ -84,7 +84,7 @@ def test_bursts_of_folded_layers_take_fp8_and_small_calls_do_not(tmp_path):
 
 
 def test_projections_of_one_input_share_its_cast(tmp_path, monkeypatch):
-    """q, k and v read one tensor, gate and up another: with SHARE_INPUT_CASTS a decoder
+    """q, k and v read one tensor, gate and up another: with SHARE_INPUT_CASTS (opt-in) a decoder
     layer casts 4 inputs instead of 7, and the answers are bit-identical."""
     model, prompts, log_probs = lean_nf4_scorer(tmp_path, 31, 8)
     kernels.fold_lora(model, 64)
