@@ -557,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch tokens per serving run, +compile for compiled kernels, +fold for "
                         "the LoRA delta folded into the dequantised weights, +marlin for "
                         "calls of <= 128 tokens through Marlin int4 (model/marlin.py), +fp8 for "
-                        "the folded calls' GEMMs in FP8 (model/fp8.py)")
+                        "the folded calls' GEMMs in FP8 (model/fp8.py), +castshare for FP8 "
+                        "projections sharing their input's cast, +lm<N> for layer-major waves "
+                        "of N tokens")
     p.add_argument("--serve-orders", type=int, default=512)
     p.add_argument("--serve-single", type=int, default=100)
     p.add_argument("--profile", action="store_true",
