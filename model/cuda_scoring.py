@@ -24,6 +24,7 @@ import numpy as np
 from radproto.model.errors import ModelError
 from radproto.model.scoring import (
     catalog_log_softmax,
+    head_log_softmax,
     layer_major_hidden_states,
     length_batches,
     padded_ids,
@@ -57,7 +58,7 @@ class BatchedScorer:
                 if len(wave) == 1:
                     results = [catalog_log_softmax(self.model, self.head, *batches[0])]
                 else:
-                    results = [torch.log_softmax(self.head(h), dim=-1)
+                    results = [head_log_softmax(self.head, h)
                                for h in layer_major_hidden_states(self.model, batches)]
                 for group, result in zip(wave, results, strict=True):
                     out[group] = result.double().cpu().numpy()

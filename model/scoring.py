@@ -146,11 +146,16 @@ def padded_ids(prompts: Sequence[Sequence[int]], pad_token_id: int, width: int |
 
 
 def catalog_log_softmax(model: Any, head: Any, input_ids: Any, lengths: Any) -> Any:
-    """[B, n_protocols] log-softmax of the head over each right-padded row's last token: the
-    one read-out of every scoring path (CPU batches, CUDA batches, CUDA graphs)."""
+    """[B, n_protocols] log-softmax of the head over each right-padded row's last token."""
+    return head_log_softmax(head, last_hidden_states(model, input_ids, lengths))
+
+
+def head_log_softmax(head: Any, hidden: Any) -> Any:
+    """[B, n_protocols] log-softmax of the head over final hidden states [B, H]: the one
+    read-out of every scoring path (CPU batches, CUDA batches and waves, CUDA graphs)."""
     import torch
 
-    return torch.log_softmax(head(last_hidden_states(model, input_ids, lengths)), dim=-1)
+    return torch.log_softmax(head(hidden), dim=-1)
 
 
 def head_log_probs(model: Any, head: Any, prompts: Sequence[Sequence[int]], *,
